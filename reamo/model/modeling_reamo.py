@@ -1,0 +1,354 @@
+"""Reamo's model: modality encoder -> projector -> LoRA-tuned LLaMA-family LLM, with media spliced at placeholders.
+
+As in LLaVA / NExT-GPT, the prompt carries `<image>` / `<video>` / `<audio>` placeholders; each becomes
+`tokens_per_input` projected encoder embeddings in the LLM's input sequence. Only the projector and the LoRA
+adapter are trained, so only they (plus the config) are saved: `adapter/` (peft, safetensors) and
+`projector.safetensors`, written into a temporary folder that is renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from reamo.errors import CheckpointNotFoundError, ConfigError
+from reamo.model.imagebind_encoder import EncodedModality, ImageBindEncoder, ImageBindEncoderConfig
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "reamo_config.json"
+PROJECTOR_NAME = "projector.safetensors"
+ADAPTER_DIR = "adapter"
+PLACEHOLDERS: dict[str, EncodedModality] = {"<image>": "image", "<video>": "video", "<audio>": "audio"}
+PLACEHOLDER_IDS: dict[EncodedModality, int] = {"image": -200, "video": -201, "audio": -202}
+_PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(p) for p in PLACEHOLDERS) + ")")
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+class ReamoConfig(BaseModel):
+    """Everything needed to rebuild a Reamo model; saved as `reamo_config.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llm: str = Field(description="LLaMA-family causal LM: local folder or hub id (e.g. lmsys/vicuna-7b-v1.5)")
+    llm_gguf_file: str | None = Field(default=None, description="GGUF file inside `llm` to load and dequantize")
+    chat_template: str = "vicuna_v1.1"
+    encoder: ImageBindEncoderConfig | None = None
+    modalities: list[EncodedModality] = Field(default_factory=lambda: ["image", "video", "audio"])
+    projector_type: Literal["linear", "mlp2x_gelu"] = "mlp2x_gelu"
+    tokens_per_input: int = Field(default=1, ge=1)
+    lora: LoraSettings | None = None
+    load_in_4bit: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def save(self, folder: Path) -> None:
+        (folder / CONFIG_NAME).write_text(self.model_dump_json(indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> "ReamoConfig":
+        path = folder / CONFIG_NAME
+        if not path.is_file():
+            raise CheckpointNotFoundError(
+                f"not a Reamo model folder: {folder} has no {CONFIG_NAME}; pass a folder written by "
+                "ReamoModel.save_pretrained or 'default'"
+            )
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+class Projector(nn.Module):
+    """Encoder embedding [batch, in_dim] -> `tokens` LLM input embeddings [batch, tokens, hidden]."""
+
+    def __init__(self, in_dim: int, hidden: int, tokens: int, kind: str) -> None:
+        super().__init__()
+        self.tokens, self.hidden = tokens, hidden
+        if kind == "linear":
+            self.net = nn.Linear(in_dim, hidden * tokens)
+        elif kind == "mlp2x_gelu":
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden * tokens))
+        else:
+            raise ConfigError(f"unknown projector type {kind!r}; use 'linear' or 'mlp2x_gelu'")
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.net(embedding).view(embedding.shape[0], self.tokens, self.hidden)
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_llm(config: ReamoConfig) -> tuple[nn.Module, Any]:
+    """Load the causal LM and its tokenizer (optionally 4-bit NF4 with double quantisation through bitsandbytes)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(config.dtype)}
+    if config.llm_gguf_file:
+        kwargs["gguf_file"] = config.llm_gguf_file
+    if config.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise ConfigError("load_in_4bit needs bitsandbytes: pip install 'reamo[gpu]'") from err
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+        )
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": 0}
+    local = Path(config.llm).expanduser()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(local) if local.exists() else config.llm, gguf_file=config.llm_gguf_file
+        )
+        llm = AutoModelForCausalLM.from_pretrained(str(local) if local.exists() else config.llm, **kwargs)
+    except OSError as err:
+        raise CheckpointNotFoundError(
+            f"LLM not found: {config.llm!r} ({err.__class__.__name__}). Pass a local folder with config.json, "
+            "tokenizer files and *.safetensors of a LLaMA-family model (e.g. vicuna-7b-v1.5), or a hub id on a "
+            "machine that can reach the hub"
+        ) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return llm, tokenizer
+
+
+class ReamoModel(nn.Module):
+    """LLM + optional ImageBind encoder + one projector per encoded modality."""
+
+    def __init__(self, config: ReamoConfig, llm: nn.Module, tokenizer: Any, encoder: ImageBindEncoder | None) -> None:
+        super().__init__()
+        self.config = config
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        hidden = llm.get_input_embeddings().embedding_dim
+        self.projectors = nn.ModuleDict()
+        if encoder is not None:
+            for modality in config.modalities:
+                self.projectors[modality] = Projector(
+                    encoder.out_dim, hidden, config.tokens_per_input, config.projector_type
+                ).to(_torch_dtype(config.dtype) if not config.load_in_4bit else torch.float32)
+        # generate() on one model object from several threads must not interleave (peft / KV cache state)
+        self._lock = threading.Lock()
+
+    # -- construction --------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ReamoConfig) -> "ReamoModel":
+        llm, tokenizer = load_llm(config)
+        encoder = ImageBindEncoder(config.encoder) if config.encoder is not None else None
+        model = cls(config, llm, tokenizer, encoder)
+        if config.lora is not None:
+            model.add_lora(config.lora)
+        return model
+
+    def add_lora(self, settings: LoraSettings) -> None:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if self.config.load_in_4bit:
+            self.llm = prepare_model_for_kbit_training(self.llm)
+        lora = LoraConfig(
+            r=settings.r,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            target_modules=settings.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        self.llm = get_peft_model(self.llm, lora)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, **overrides: Any) -> "ReamoModel":
+        path = Path(folder).expanduser()
+        config = ReamoConfig.load(path)
+        if overrides:
+            config = config.model_copy(update=overrides)
+        llm, tokenizer = load_llm(config)
+        encoder = ImageBindEncoder(config.encoder) if config.encoder is not None else None
+        adapter = path / ADAPTER_DIR
+        if adapter.is_dir():
+            from peft import PeftModel
+
+            llm = PeftModel.from_pretrained(llm, str(adapter), is_trainable=False)
+        model = cls(config, llm, tokenizer, encoder)
+        projector_file = path / PROJECTOR_NAME
+        if model.projectors and projector_file.is_file():
+            model.projectors.load_state_dict(load_file(str(projector_file)))
+        elif model.projectors:
+            raise CheckpointNotFoundError(f"{projector_file} is missing; the model folder is incomplete")
+        return model
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write config, LoRA adapter and projector (safetensors only) atomically: all of it or nothing."""
+        target = Path(folder).expanduser()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            self.config.save(staging)
+            if self.projectors:
+                state = {k: v.detach().contiguous().cpu() for k, v in self.projectors.state_dict().items()}
+                save_file(state, str(staging / PROJECTOR_NAME))
+            if hasattr(self.llm, "peft_config"):
+                self.llm.save_pretrained(str(staging / ADAPTER_DIR), safe_serialization=True)
+            if target.exists():
+                backup = target.with_name(f".{target.name}.old")
+                shutil.rmtree(backup, ignore_errors=True)
+                os.replace(target, backup)
+                os.replace(staging, target)
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    # -- inputs --------------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def encoded_modalities(self) -> tuple[str, ...]:
+        return tuple(self.projectors.keys())
+
+    def tokenize_with_placeholders(self, prompt: str) -> list[int]:
+        """Token ids of `prompt`, each `<image>`/`<video>`/`<audio>` replaced by its negative placeholder id."""
+        ids: list[int] = []
+        if getattr(self.tokenizer, "add_bos_token", False) and self.tokenizer.bos_token_id is not None:
+            ids.append(self.tokenizer.bos_token_id)
+        for piece in _PLACEHOLDER_RE.split(prompt):
+            if piece in PLACEHOLDERS:
+                ids.append(PLACEHOLDER_IDS[PLACEHOLDERS[piece]])
+            elif piece:
+                ids.extend(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
+        return ids
+
+    def encode_media(self, modality: EncodedModality, pixels_or_mel: torch.Tensor) -> torch.Tensor:
+        """Preprocessed media [batch, ...] -> projected LLM embeddings [batch, tokens, hidden]."""
+        if self.encoder is None or modality not in self.projectors:
+            raise ConfigError(f"this model has no encoder/projector for {modality}; its modalities: {self.encoded_modalities}")
+        embedding = self.encoder(modality, pixels_or_mel.to(self.device))
+        projector = self.projectors[modality]
+        return projector(embedding.to(next(projector.parameters()).dtype))
+
+    def embed(
+        self, ids: list[int], media: dict[EncodedModality, list[torch.Tensor]] | None = None
+    ) -> torch.Tensor:
+        """Input embeddings [length, hidden] for one sequence; the n-th placeholder of a modality takes media[m][n]."""
+        media = media or {}
+        embeddings = self.llm.get_input_embeddings()
+        used = {m: 0 for m in PLACEHOLDER_IDS}
+        pieces: list[torch.Tensor] = []
+        run: list[int] = []
+
+        def flush() -> None:
+            if run:
+                pieces.append(embeddings(torch.tensor(run, device=self.device)))
+                run.clear()
+
+        for token in ids:
+            modality = next((m for m, pid in PLACEHOLDER_IDS.items() if pid == token), None)
+            if modality is None:
+                run.append(token)
+                continue
+            flush()
+            items = media.get(modality, [])
+            if used[modality] >= len(items):
+                raise ConfigError(f"prompt has more <{modality}> placeholders than {modality} inputs ({len(items)})")
+            projected = items[used[modality]]
+            used[modality] += 1
+            pieces.append(projected.reshape(-1, projected.shape[-1]).to(embeddings.weight.dtype))
+        flush()
+        return torch.cat(pieces, dim=0)
+
+    def batch_embeds(
+        self, sequences: list[torch.Tensor], left_pad: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad [length, hidden] sequences into [batch, max_len, hidden] + attention mask (left padding for generation)."""
+        longest = max(s.shape[0] for s in sequences)
+        hidden = sequences[0].shape[1]
+        embeds = sequences[0].new_zeros((len(sequences), longest, hidden))
+        mask = torch.zeros((len(sequences), longest), dtype=torch.long, device=sequences[0].device)
+        for row, seq in enumerate(sequences):
+            if left_pad:
+                embeds[row, longest - seq.shape[0] :] = seq
+                mask[row, longest - seq.shape[0] :] = 1
+            else:
+                embeds[row, : seq.shape[0]] = seq
+                mask[row, : seq.shape[0]] = 1
+        return embeds, mask
+
+    # -- forward / generate ----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> Any:
+        """inputs_embeds [batch, length, hidden], attention_mask [batch, length], labels [batch, length] (-100 = ignore)."""
+        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        media: list[dict[EncodedModality, list[torch.Tensor]]] | None = None,
+        max_new_tokens: int = 256,
+        max_time: float | None = None,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """Generate one continuation per prompt (batched, left-padded); media[i] feeds prompt i's placeholders."""
+        media = media or [{} for _ in prompts]
+        with self._lock:
+            sequences = [self.embed(self.tokenize_with_placeholders(p), m) for p, m in zip(prompts, media)]
+            embeds, mask = self.batch_embeds(sequences)
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": max_new_tokens,
+                "do_sample": False,
+                "pad_token_id": self.tokenizer.pad_token_id,
+                "eos_token_id": self.tokenizer.eos_token_id,
+            }
+            if max_time is not None:
+                kwargs["max_time"] = max_time
+            kwargs.update(generate_kwargs)
+            output = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        # with inputs_embeds only, generate returns just the new tokens
+        return self.tokenizer.batch_decode(output, skip_special_tokens=True)
+
+    def render_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        from reamo.chat_templates import load_chat_template
+
+        return self.tokenizer.apply_chat_template(
+            messages,
+            chat_template=load_chat_template(self.config.chat_template),
+            tools=tools,
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+
+
+def model_summary(model: ReamoModel) -> dict[str, Any]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"parameters": total, "trainable": trainable, "modalities": list(model.encoded_modalities)}

@@ -1,0 +1,119 @@
+"""Builds the chat messages for an extraction: instructions, label sets, few-shot turns and the user's input.
+
+The messages are plain HF / OpenAI-style dicts; the model's chat template (chat_templates/) turns them into its
+prompt text, so the same messages serve Vicuna, LLaVA-style and ChatML models alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reamo.schema import Labels, Task
+
+DEFAULT_ENTITY_TYPES = ["PER", "ORG", "LOC", "OTHER"]
+DEFAULT_RELATION_TYPES = [
+    "couple", "parent", "siblings", "peer", "member_of", "part_of", "located_in", "place_of_birth",
+    "place_of_residence", "nationality", "present_in", "awarded", "contain", "subsidiary", "alternate_names",
+]
+DEFAULT_EVENT_TYPES = [
+    "Conflict:Attack", "Movement:Transport", "Life:Die", "Justice:Arrest-Jail", "Contact:Meet",
+    "Conflict:Demonstrate", "Contact:Phone-Write", "Transaction:Transfer-Money", "Life:Marry",
+]
+MODULE_FOR_MODALITY = {"image": "ImageSegmentation", "video": "VideoTracking", "audio": "AudioSegmentation"}
+
+# Short worked examples in the protocol; the tiny default LLM follows the format far better with them.
+FEW_SHOT: list[dict[str, Any]] = [
+    {
+        "text": "Lionel Messi signed with Inter Miami in Florida.",
+        "media": ["image"],
+        "ner": "(Lionel Messi, PER)(Inter Miami, ORG)(Florida, LOC)",
+        "re": "(Lionel Messi, member_of, Inter Miami)(Inter Miami, located_in, Florida)",
+        "ee": "None",
+        "targets": ["Lionel Messi"],
+    },
+    {
+        "text": "Police arrested two protesters in Paris on Monday.",
+        "media": [],
+        "ner": "(Paris, LOC)",
+        "re": "None",
+        "ee": "[Justice:Arrest-Jail | arrested | Agent: Police; Person: protesters; Place: Paris]",
+        "targets": [],
+    },
+]
+
+
+def resolve_labels(labels: Labels | dict[str, list[str]] | list[str] | None) -> Labels:
+    """Accept a Labels record, a dict of its fields, or a plain list of entity types; fill defaults."""
+    if labels is None:
+        labels = Labels()
+    elif isinstance(labels, list):
+        labels = Labels(entity_types=list(labels))
+    elif isinstance(labels, dict):
+        labels = Labels(**labels)
+    return Labels(
+        entity_types=labels.entity_types or DEFAULT_ENTITY_TYPES,
+        relation_types=labels.relation_types or DEFAULT_RELATION_TYPES,
+        event_types=labels.event_types or DEFAULT_EVENT_TYPES,
+    )
+
+
+def system_prompt(tasks: tuple[Task, ...], labels: Labels) -> str:
+    lines = ["Extract information from the user's input and answer only in this format, one line each:"]
+    if "ner" in tasks:
+        lines.append(f"Entities: (text, type)(text, type) with types {', '.join(labels.entity_types)}")
+    if "re" in tasks:
+        lines.append(f"Relations: (head, relation, tail) with relations {', '.join(labels.relation_types)}")
+    if "ee" in tasks:
+        lines.append(f"Events: [event type | trigger | role: argument; role: argument] with types {', '.join(labels.event_types)}")
+    lines.append("Write None for an empty list. Copy entity text exactly from the input.")
+    lines.append(
+        "For each entity that appears in an attached image, video or audio, add one line "
+        "<Module>ImageSegmentation</Module><Instruction>entity text</Instruction> "
+        "(VideoTracking for video, AudioSegmentation for audio)."
+    )
+    return "\n".join(lines)
+
+
+def user_content(text: str, context: str, placeholders: list[str]) -> str | list[dict[str, str]]:
+    """The user turn: media placeholders (for encoded media), tool-made context, then the text."""
+    body = text.strip()
+    if context:
+        body = f"{context}\nText: {body}" if body else context
+    else:
+        body = f"Text: {body}"
+    if not placeholders:
+        return body
+    return [{"type": modality} for modality in placeholders] + [{"type": "text", "text": body}]
+
+
+def assistant_answer(example: dict[str, Any], tasks: tuple[Task, ...]) -> str:
+    header = {"ner": "Entities", "re": "Relations", "ee": "Events"}
+    lines = [f"{header[t]}: {example[t]}" for t in tasks]
+    for modality in example["media"]:
+        for target in example["targets"]:
+            lines.append(f"<Module>{MODULE_FOR_MODALITY[modality]}</Module><Instruction>{target}</Instruction>")
+    return "\n".join(lines)
+
+
+def build_messages(
+    text: str,
+    context: str,
+    tasks: tuple[Task, ...],
+    labels: Labels,
+    placeholders: list[str] | None = None,
+    few_shot: bool = True,
+    modalities: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """System instructions, few-shot turns (their media markers in words), then the user's input."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt(tasks, labels)}]
+    if few_shot:
+        for example in FEW_SHOT:
+            media_note = "".join(f"[{m} attached] " for m in example["media"])
+            messages.append({"role": "user", "content": f"{media_note}Text: {example['text']}"})
+            messages.append({"role": "assistant", "content": assistant_answer(example, tasks)})
+    content = user_content(text, context, placeholders or [])
+    media_note = "".join(f"[{m} attached] " for m in (modalities or []))
+    if isinstance(content, str):
+        content = media_note + content
+    messages.append({"role": "user", "content": content})
+    return messages

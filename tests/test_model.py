@@ -1,0 +1,151 @@
+"""Tiny random LLaMA + LoRA + projector + tiny ImageBind, end to end: splice media, generate, save, load."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from reamo.errors import CheckpointNotFoundError, ConfigError
+from reamo.media import LoadedAudio, LoadedImage, LoadedVideo
+from reamo.model import LoraSettings, ReamoConfig, ReamoModel
+from reamo.model.imagebind_encoder import ImageBindEncoder, ImageBindEncoderConfig
+from reamo.model.modeling_reamo import PLACEHOLDER_IDS
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_llm_dir, tmp_path_factory) -> ReamoModel:
+    torch.manual_seed(0)
+    checkpoint = tmp_path_factory.mktemp("imagebind") / "imagebind_tiny.pth"
+    torch.save(ImageBindEncoder(ImageBindEncoderConfig.tiny()).model.state_dict(), checkpoint)
+    config = ReamoConfig(
+        llm=str(tiny_llm_dir),
+        encoder=ImageBindEncoderConfig.tiny().model_copy(update={"checkpoint": str(checkpoint)}),
+        tokens_per_input=2,
+        lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+    )
+    return ReamoModel.from_config(config)
+
+
+def media_tensors(model: ReamoModel) -> dict[str, list[torch.Tensor]]:
+    rng = np.random.default_rng(0)
+    image = LoadedImage(name="img", array=rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    audio = LoadedAudio(name="aud", samples=(rng.standard_normal(16000 * 3) * 0.1).astype(np.float32), sample_rate=16000)
+    video = LoadedVideo(
+        name="vid", frames=rng.integers(0, 255, (6, 120, 160, 3), dtype=np.uint8), timestamps=[i * 0.5 for i in range(6)],
+        frame_indices=list(range(0, 72, 12)), fps=24.0, duration=3.0,
+    )
+    enc = model.encoder
+    assert enc.preprocess_image(image).shape == (3, 224, 224)
+    assert enc.preprocess_audio(audio).shape == (3, 1, 128, 204)
+    assert enc.preprocess_video(video).shape == (5, 3, 2, 224, 224)
+    return {
+        "image": [model.encode_media("image", enc.preprocess_image(image)[None])[0]],
+        "audio": [model.encode_media("audio", enc.preprocess_audio(audio)[None])[0]],
+        "video": [model.encode_media("video", enc.preprocess_video(video)[None])[0]],
+    }
+
+
+def test_lora_and_projector_are_the_trainable_parts(tiny_model: ReamoModel) -> None:
+    trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing to train"
+    assert all("lora_" in n or n.startswith("projectors.") for n in trainable)
+    assert any(n.startswith("projectors.image") for n in trainable)
+    assert not any(n.startswith("encoder.") for n in trainable)
+
+
+def test_media_are_spliced_at_placeholders_and_generate(tiny_model: ReamoModel) -> None:
+    media = media_tensors(tiny_model)
+    assert media["image"][0].shape == (2, tiny_model.llm.get_input_embeddings().embedding_dim)
+    prompt = "USER: <image>\n<audio>\n<video>\nWho is Rafael Nadal? ASSISTANT:"
+    ids = tiny_model.tokenize_with_placeholders(prompt)
+    assert [i for i in ids if i < 0] == [PLACEHOLDER_IDS["image"], PLACEHOLDER_IDS["audio"], PLACEHOLDER_IDS["video"]]
+    embeds = tiny_model.embed(ids, media)
+    assert embeds.shape[0] == len(ids) - 3 + 3 * 2  # each placeholder became tokens_per_input embeddings
+    position = ids.index(PLACEHOLDER_IDS["image"])
+    assert torch.allclose(embeds[position : position + 2], media["image"][0])
+    out = tiny_model.generate([prompt, "USER: hi ASSISTANT:"], [media, {}], max_new_tokens=5)
+    assert len(out) == 2 and all(isinstance(o, str) for o in out)
+    # the media change what the model sees: logits differ with another image
+    other = {**media, "image": [media["image"][0] + 1.0]}
+    e1, m1 = tiny_model.batch_embeds([tiny_model.embed(ids, media)])
+    e2, m2 = tiny_model.batch_embeds([tiny_model.embed(ids, other)])
+    assert not torch.allclose(tiny_model(e1, m1).logits, tiny_model(e2, m2).logits)
+
+
+def test_too_many_placeholders_is_a_clear_error(tiny_model: ReamoModel) -> None:
+    ids = tiny_model.tokenize_with_placeholders("<image><image>")
+    with pytest.raises(ConfigError, match="more <image> placeholders"):
+        tiny_model.embed(ids, {"image": []})
+
+
+def test_forward_with_labels_gives_a_loss_that_backpropagates_to_lora_and_projector(tiny_model: ReamoModel) -> None:
+    media = media_tensors(tiny_model)
+    ids = tiny_model.tokenize_with_placeholders("<image> Entities: (Rafael Nadal, PER)")
+    embeds, mask = tiny_model.batch_embeds([tiny_model.embed(ids, media)], left_pad=False)
+    labels = torch.full(mask.shape, -100)
+    labels[0, -5:] = 1
+    loss = tiny_model(embeds, mask, labels).loss
+    loss.backward()
+    grads = [p.grad for n, p in tiny_model.named_parameters() if p.requires_grad and "projectors.image" in n]
+    assert loss.item() > 0 and any(g is not None and g.abs().sum() > 0 for g in grads)
+    tiny_model.zero_grad()
+
+
+def test_save_then_load_is_identity(tiny_model: ReamoModel, tmp_path) -> None:
+    with torch.no_grad():  # make the adapter non-trivial (LoRA B starts at zero)
+        for name, param in tiny_model.llm.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05)
+    folder = tiny_model.save_pretrained(tmp_path / "saved")
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert "projector.safetensors" in files and "adapter/adapter_model.safetensors" in files
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+    loaded = ReamoModel.from_pretrained(folder)
+    ids = tiny_model.tokenize_with_placeholders("<image> Who? ASSISTANT:")
+    media = media_tensors(tiny_model)
+    media_loaded = {"image": [loaded.projectors["image"](loaded.encoder("image", torch.zeros(1, 3, 224, 224)))[0]]}
+    media_orig = {"image": [tiny_model.projectors["image"](tiny_model.encoder("image", torch.zeros(1, 3, 224, 224)))[0]]}
+    assert torch.allclose(media_loaded["image"][0], media_orig["image"][0])
+    with torch.no_grad():
+        a = tiny_model(*tiny_model.batch_embeds([tiny_model.embed(ids, media_orig)])).logits
+        b = loaded(*loaded.batch_embeds([loaded.embed(ids, media_loaded)])).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    del media
+
+
+def test_saving_over_an_existing_folder_replaces_it_whole(tiny_model: ReamoModel, tmp_path) -> None:
+    target = tmp_path / "m"
+    tiny_model.save_pretrained(target)
+    (target / "stale.txt").write_text("old")
+    tiny_model.save_pretrained(target)
+    assert not (target / "stale.txt").exists() and (target / "reamo_config.json").is_file()
+
+
+def test_missing_checkpoints_name_the_file_and_the_fix(tmp_path) -> None:
+    with pytest.raises(CheckpointNotFoundError, match="reamo_config.json"):
+        ReamoModel.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointNotFoundError, match="imagebind_huge.pth"):
+        ImageBindEncoder(ImageBindEncoderConfig.tiny().model_copy(update={"checkpoint": str(tmp_path / "nope.pth")}))
+    with pytest.raises(CheckpointNotFoundError, match="LLM not found"):
+        ReamoModel.from_config(ReamoConfig(llm=str(tmp_path / "no-such-llm")))
+
+
+def test_imagebind_checkpoint_loads_with_weights_only(tmp_path) -> None:
+    config = ImageBindEncoderConfig.tiny()
+    source = ImageBindEncoder(config)
+    checkpoint = tmp_path / "ib.pth"
+    torch.save(source.model.state_dict(), checkpoint)
+    loaded = ImageBindEncoder(config.model_copy(update={"checkpoint": str(checkpoint)}))
+    x = torch.randn(1, 3, 224, 224)
+    assert torch.allclose(source("image", x), loaded("image", x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="4-bit NF4 through bitsandbytes is tested on CUDA; no GPU here")
+def test_4bit_path_on_cuda(tiny_llm_dir) -> None:
+    model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), load_in_4bit=True, lora=LoraSettings(r=4)))
+    assert "Linear4bit" in {type(m).__name__ for m in model.llm.modules()}
+    assert len(model.generate(["USER: hi ASSISTANT:"], max_new_tokens=3)) == 1

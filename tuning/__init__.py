@@ -1,0 +1,1 @@
+"""See README: top-level folder installed as reamo.tuning."""
