@@ -39,6 +39,9 @@ class AgentSettings(BaseModel):
         default=True,
         description="also ground extracted entities the model did not call a tool for, in every given modality",
     )
+    keep_unaligned: bool = Field(
+        default=False, description="keep extractions whose text the input does not contain (they get no span)"
+    )
     tool_timeout_s: float = Field(default=120.0, gt=0)
     media_limits: MediaLimits = Field(default_factory=MediaLimits)
 
@@ -158,7 +161,7 @@ class Agent:
     ) -> Result:
         """Parse model output, align spans, run every tool call, attach groundings: the back half of `extract`."""
         parsed = parse(raw)
-        entities, relations, events, problems = align(text, parsed)
+        entities, relations, events, problems = align(text, parsed, self.settings.keep_unaligned)
         if "ner" not in tasks:
             entities = []
         if "re" not in tasks:

@@ -45,8 +45,14 @@ def _mention(text: str, mention: Mention, problems: list[Problem], what: str) ->
     return Mention(text=mention.text, span=span)
 
 
-def align(text: str, parsed: ParsedOutput) -> tuple[list[Entity], list[Relation], list[Event], list[Problem]]:
-    """Give every extracted mention its character span in `text`; duplicate entities are merged."""
+def align(
+    text: str, parsed: ParsedOutput, keep_unaligned: bool = False
+) -> tuple[list[Entity], list[Relation], list[Event], list[Problem]]:
+    """Give every extracted mention its character span in `text`; duplicate entities are merged.
+
+    With text given and `keep_unaligned` False, items naming text the input does not contain (hallucinations,
+    text copied from few-shot examples) are dropped and reported as problems.
+    """
     problems: list[Problem] = []
     entities: list[Entity] = []
     taken: set[tuple[int, int]] = set()
@@ -81,6 +87,14 @@ def align(text: str, parsed: ParsedOutput) -> tuple[list[Entity], list[Relation]
         )
         for e in parsed.events
     ]
+    if text and not keep_unaligned:
+        entities = [e for e in entities if e.span is not None]
+        relations = [r for r in relations if r.head.span is not None and r.tail.span is not None]
+        events = [
+            e.model_copy(update={"arguments": [a for a in e.arguments if a.entity.span is not None]})
+            for e in events
+            if e.trigger.span is not None
+        ]
     return entities, relations, events, problems
 
 

@@ -1,0 +1,88 @@
+"""The Agent: back half on fixed model output (parse -> align -> dispatch -> attach), and the embedded default."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from reamo.agent import Agent, AgentSettings
+from reamo.errors import ConfigError
+from reamo.media import MediaBundle, load_audio
+from reamo.model import ReamoConfig, ReamoModel
+from reamo.schema import NoRegion, Result, TimeSpan
+from reamo.tools.registry import ToolRegistry
+
+TEXT = "Rafael Nadal gets engaged to Mery Perello in Mallorca."
+
+
+def spoken(media: MediaBundle, target: str, entity_type: str | None = None) -> list:
+    """Pretend word search: names with an 'a' are heard.
+
+    Args:
+        media: the user's media (injected)
+        target: entity text
+        entity_type: entity type
+    """
+    if "a" in target.lower():
+        return [TimeSpan(start=1.0, end=2.0, source="test")]
+    return [NoRegion(modality="audio", reason="not heard")]
+
+
+@pytest.fixture(scope="module")
+def tiny_agent(tiny_llm_dir) -> Agent:
+    registry = ToolRegistry()
+    registry.register("AudioSegmentation", "audio", spoken)
+    return Agent(ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir))), registry=registry)
+
+
+def test_back_half_parses_aligns_dispatches_and_attaches(tiny_agent: Agent) -> None:
+    raw = (
+        "Entities: (Rafael Nadal, PER)(Mery Perello, PER)(Mallorca, LOC)(Roger Federer, PER)\n"
+        "Relations: (Rafael Nadal, couple, Mery Perello)\n"
+        "<Module>AudioSegmentation</Module><Instruction>rafael  nadal</Instruction>"
+        "<Module>AudioSegmentation</Module><Instruction>Someone Else</Instruction>"
+        "<Module>ImageSegmentation</Module><Instruction>Mallorca</Instruction>"
+    )
+    import numpy as np
+
+    media = MediaBundle(audio=load_audio(np.zeros(16000, dtype=np.float32)))
+    result = tiny_agent.finish(raw, TEXT, ("ner", "re"), media, "", {}, time.perf_counter())
+    assert [(e.text, TEXT[e.span.start : e.span.end]) for e in result.entities] == [
+        ("Rafael Nadal", "Rafael Nadal"), ("Mery Perello", "Mery Perello"), ("Mallorca", "Mallorca"),
+    ]
+    assert any("Roger Federer" in p.message for p in result.problems)  # not in the text: dropped, reported
+    nadal = result.entities[0]
+    assert isinstance(nadal.grounding("audio"), TimeSpan)
+    # every call ran: 3 from the model + auto-grounding for the 2 entities the model did not ground
+    assert len(result.tool_results) == 5
+    assert {r.call_id for r in result.tool_results} == {c.id for c in result.tool_calls}
+    assert any("Someone Else" in p.message and "matches no extracted entity" in p.message for p in result.problems)
+    assert any("unknown tool 'ImageSegmentation'" in p.message for p in result.problems)
+    assert isinstance(result.entities[2].grounding("audio"), TimeSpan)  # auto-grounded "Mallorca"
+    assert Result.model_validate_json(result.to_json()) == result
+
+
+def test_extract_runs_the_whole_chain_on_a_tiny_model(tiny_agent: Agent) -> None:
+    result = tiny_agent.extract(text=TEXT, tasks="ner", max_new_tokens=8)
+    assert result.tasks == ["ner"] and result.raw_output is not None
+    assert set(result.timings) >= {"generate", "tools", "total"}
+
+
+def test_bad_requests_are_clear_errors(tiny_agent: Agent) -> None:
+    with pytest.raises(ConfigError, match="nothing to extract"):
+        tiny_agent.extract()
+    with pytest.raises(ConfigError, match="unknown task"):
+        tiny_agent.extract(text="x", tasks="ner,sentiment")
+
+
+def test_embedded_default_extracts_a_parsed_result() -> None:
+    agent = Agent.from_pretrained("default", max_new_tokens=60)
+    result = agent.extract(text=TEXT, tasks=("ner", "re"))
+    assert result.raw_output.strip()
+    assert result.entities, result.raw_output
+    for entity in result.entities:
+        assert TEXT[entity.span.start : entity.span.end].casefold() == entity.text.casefold()
+    assert Result.model_validate_json(result.to_json()) == result
+    message = agent.chat([{"role": "user", "content": "Who is Rafael Nadal?"}], max_new_tokens=20)
+    assert message["role"] == "assistant" and isinstance(message["content"], str)

@@ -1,0 +1,215 @@
+"""VideoTracking: find a named entity on a key frame, then follow its box over the sampled frames.
+
+Two swappable parts: something that finds the target in one frame (a `RegionProposer` from `reamo.tools.image`,
+or a whole image tool such as `image_segmentation`) and a `BoxTracker` that follows a box (default: OpenCV's MIL
+tracker, built into every OpenCV wheel; `reamo.tools.sam2_backend.Sam2VideoTracker` for SAM 2).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from reamo.errors import MediaError
+from reamo.media import LoadedImage, LoadedVideo, MediaBundle
+from reamo.schema import Box, Grounding, ImageRegion, NoRegion, Track, TrackFrame
+from reamo.tools.image import (
+    DEFAULT_MIN_SCORE,
+    OfflineRegionProposer,
+    RegionProposer,
+    describe_image,
+    locate,
+    position_name,
+    read_text,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class BoxTracker(Protocol):
+    """Follows the box given on frame `start` over all sampled frames of the video (forward and backward)."""
+
+    def track(self, video: LoadedVideo, start: int, box: Box) -> Track: ...
+
+
+def frame_image(video: LoadedVideo, index: int) -> LoadedImage:
+    """One sampled frame as a `LoadedImage`, named after the video and time."""
+    return LoadedImage(name=f"{video.name}@{video.timestamps[index]:.2f}s", array=video.frames[index])
+
+
+class OpenCVTracker:
+    """OpenCV's MIL tracker: no model file, a few tens of milliseconds per frame, drifts on long occlusions.
+
+    Frames are tracked forward from the key frame and backward from it, so the track covers the whole video.
+    Frames where the tracker reports a loss are left out of the track (the object is not claimed there).
+    """
+
+    source = "opencv-mil"
+
+    def __init__(self, max_side: int = 640) -> None:
+        self.max_side = max_side
+
+    def _create(self) -> Any:
+        import cv2
+
+        if hasattr(cv2, "TrackerMIL_create"):
+            return cv2.TrackerMIL_create()
+        return cv2.TrackerMIL.create()  # pragma: no cover - older bindings
+
+    def _follow(self, frames: np.ndarray, indices: list[int], box: Box, scale: float) -> dict[int, Box]:
+        import cv2
+
+        tracker = self._create()
+        first = frames[indices[0]]
+        h, w = first.shape[:2]
+        rect = (
+            int(box.x1 * scale), int(box.y1 * scale),
+            max(2, int((box.x2 - box.x1) * scale)), max(2, int((box.y2 - box.y1) * scale)),
+        )
+        tracker.init(self._prepare(first, scale), rect)
+        out: dict[int, Box] = {}
+        for index in indices[1:]:
+            ok, (x, y, bw, bh) = tracker.update(self._prepare(frames[index], scale))
+            if not ok or bw <= 0 or bh <= 0:
+                logger.debug("MIL tracker lost the target at sampled frame %d", index)
+                break
+            x1, y1 = max(0.0, x / scale), max(0.0, y / scale)
+            x2, y2 = min(float(w), (x + bw) / scale), min(float(h), (y + bh) / scale)
+            if x2 <= x1 or y2 <= y1:
+                break
+            out[index] = Box(x1=x1, y1=y1, x2=x2, y2=y2)
+        return out
+
+    @staticmethod
+    def _prepare(frame: np.ndarray, scale: float) -> np.ndarray:
+        import cv2
+
+        bgr = np.ascontiguousarray(frame[:, :, ::-1])
+        return cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else bgr
+
+    def track(self, video: LoadedVideo, start: int, box: Box) -> Track:
+        frames = video.frames
+        count = len(frames)
+        scale = min(1.0, self.max_side / max(video.width, video.height))
+        boxes: dict[int, Box] = {start: box}
+        boxes.update(self._follow(frames, list(range(start, count)), box, scale))
+        boxes.update(self._follow(frames, list(range(start, -1, -1)), box, scale))
+        track_frames = [
+            TrackFrame(
+                frame_index=video.frame_indices[i], time=float(video.timestamps[i]), box=boxes[i],
+                score=1.0 if i == start else None,
+            )
+            for i in sorted(boxes)
+        ]
+        return Track(frames=track_frames, source=self.source)
+
+
+def key_frame_order(count: int, max_key_frames: int) -> list[int]:
+    """Sampled-frame indices to search, in time order: evenly spread, the first frame always included."""
+    if count <= 0:
+        return []
+    picks = np.linspace(0, count - 1, num=min(count, max_key_frames)).round().astype(int)
+    return sorted(set(int(i) for i in picks))
+
+
+def _finder(
+    image_tool_or_proposer: RegionProposer | Callable[..., list[Grounding]], min_score: float
+) -> Callable[[LoadedImage, str, str | None], tuple[Box, float, str] | str]:
+    """Uniform 'find the target in this frame' over a proposer or an image tool."""
+    if isinstance(image_tool_or_proposer, RegionProposer):
+        proposer = image_tool_or_proposer
+
+        def find(image: LoadedImage, target: str, entity_type: str | None) -> tuple[Box, float, str] | str:
+            found = locate(image, target, entity_type, proposer, min_score)
+            return found if isinstance(found, str) else (found.box, found.score, found.source)
+
+        return find
+
+    tool = image_tool_or_proposer
+
+    def find_with_tool(image: LoadedImage, target: str, entity_type: str | None) -> tuple[Box, float, str] | str:
+        groundings = tool(MediaBundle(image=image), target, entity_type)
+        for item in groundings:
+            if isinstance(item, ImageRegion):
+                return item.box, float(item.score if item.score is not None else 1.0), item.source
+        reasons = [item.reason for item in groundings if isinstance(item, NoRegion)]
+        return reasons[0] if reasons else "the image tool found nothing"
+
+    return find_with_tool
+
+
+def make_video_tracking(
+    image_tool_or_proposer: RegionProposer | Callable[..., list[Grounding]] | None = None,
+    tracker: BoxTracker | None = None,
+    max_key_frames: int = 4,
+    min_score: float = DEFAULT_MIN_SCORE,
+) -> Callable[..., list[Grounding]]:
+    """Build the VideoTracking tool: find the target on up to `max_key_frames` key frames, then track it."""
+    find = _finder(image_tool_or_proposer or OfflineRegionProposer(), min_score)
+    tracker = tracker or OpenCVTracker()
+
+    def video_tracking(media: MediaBundle, target: str, entity_type: str | None = None) -> list[Grounding]:
+        """Track the object or person `target` through the video.
+
+        Args:
+            media: the user's media (injected, not shown to the model)
+            target: entity text or referring expression to follow, e.g. "Rafael Nadal"
+            entity_type: the entity's type (PER, LOC, ORG, ...) when known; helps choose among candidate regions
+        """
+        if media is None or media.video is None:
+            raise MediaError("VideoTracking needs a video, but none was given; pass one with --video")
+        video = media.video
+        if not target or not target.strip():
+            return [NoRegion(modality="video", reason="empty target", source="video_tracking")]
+        reasons: list[str] = []
+        for index in key_frame_order(len(video.frames), max_key_frames):
+            found = find(frame_image(video, index), target, entity_type)
+            if isinstance(found, str):
+                reasons.append(f"{video.timestamps[index]:.2f}s: {found}")
+                continue
+            box, score, source = found
+            track = tracker.track(video, index, box)
+            for frame in track.frames:
+                if frame.frame_index == video.frame_indices[index]:
+                    frame.score = score
+            track.source = f"{source}+{track.source or type(tracker).__name__}"
+            return [track]
+        reason = f"{target!r} not found on {len(reasons)} key frames; " + "; ".join(reasons[:2])
+        logger.info("VideoTracking(%r): %s", target, reason)
+        return [NoRegion(modality="video", reason=reason, source="video_tracking")]
+
+    return video_tracking
+
+
+video_tracking = make_video_tracking()
+"""Default instance (OCR/face proposer on key frames + OpenCV MIL tracker); models load on first call."""
+
+
+def describe_video(video: LoadedVideo, key_frames: int = 2, max_lines: int = 6) -> str:
+    """A few lines for the LLM: length, frame count, and the text / faces seen on a couple of key frames."""
+    lines = [
+        f"Video {video.name!r}: {video.duration:.1f} s, {video.width}x{video.height}, {video.fps:.1f} fps, "
+        f"{len(video.frames)} sampled frames."
+    ]
+    seen: dict[str, str] = {}
+    for index in key_frame_order(len(video.frames), key_frames):
+        image = frame_image(video, index)
+        for line in read_text(image):
+            key = line.text.lower()
+            if key not in seen:
+                seen[key] = (
+                    f"Text in video: {line.text!r} ({position_name(line.box, image.width, image.height)}, "
+                    f"at {video.timestamps[index]:.1f} s)"
+                )
+        if index == 0:
+            summary = describe_image(image, max_lines=0).splitlines()[-1]
+            if summary.startswith(("Faces", "People")):
+                lines.append(f"First frame: {summary}")
+    lines.extend(list(seen.values())[:max_lines])
+    if not seen:
+        lines.append("No readable text on the key frames.")
+    return "\n".join(lines)
