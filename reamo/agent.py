@@ -15,7 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reamo.alignment import align, attach_groundings, normalize
 from reamo.errors import ConfigError
-from reamo.media import MediaBundle, MediaLimits, load_audio, load_image, load_video
+from reamo.media import (
+    LoadedAudio,
+    LoadedImage,
+    LoadedVideo,
+    MediaBundle,
+    MediaLimits,
+    load_audio,
+    load_image,
+    load_video,
+)
 from reamo.model import ReamoModel
 from reamo.model.embedded_default import DEFAULT_NAMES, default_config
 from reamo.prompting import MODULE_FOR_MODALITY, build_messages, resolve_labels
@@ -77,12 +86,7 @@ class Agent:
 
     # -- media -----------------------------------------------------------------------------------------------------
     def load_media(self, image: Any = None, audio: Any = None, video: Any = None) -> MediaBundle:
-        limits = self.settings.media_limits
-        return MediaBundle(
-            image=load_image(image, limits) if image is not None else None,
-            audio=load_audio(audio, limits) if audio is not None else None,
-            video=load_video(video, limits) if video is not None else None,
-        )
+        return load_media_bundle(image, audio, video, self.settings.media_limits)
 
     def media_inputs(self, media: MediaBundle) -> tuple[list[str], dict[str, list[Any]], str]:
         """Encoded media (placeholders + projected features) and tool-made text context for the rest."""
@@ -216,6 +220,16 @@ class Agent:
         if parsed.tool_calls:
             message["tool_calls"] = [c.to_message_dict() for c in parsed.tool_calls]
         return message
+
+
+def load_media_bundle(image: Any = None, audio: Any = None, video: Any = None, limits: MediaLimits | None = None) -> MediaBundle:
+    """Open each given medium (already-loaded records pass through), so bad media fail before any model work."""
+    limits = limits or MediaLimits()
+    return MediaBundle(
+        image=image if isinstance(image, LoadedImage) or image is None else load_image(image, limits),
+        audio=audio if isinstance(audio, LoadedAudio) or audio is None else load_audio(audio, limits),
+        video=video if isinstance(video, LoadedVideo) or video is None else load_video(video, limits),
+    )
 
 
 def _describe(modality: str, item: Any) -> str:

@@ -118,9 +118,12 @@ def extract(
     if not text and image is None and audio is None and video is None:
         _fail("nothing to extract from: pass --text and/or --image/--audio/--video")
     try:
+        from reamo.agent import load_media_bundle
+
+        media = load_media_bundle(image, audio, video)  # bad media fail here, before the model loads
         agent = _load_agent(model, max_new_tokens)
         with console.status("Extracting..."):
-            result = agent.extract(text=text, image=image, audio=audio, video=video, tasks=tasks,
+            result = agent.extract(text=text, image=media.image, audio=media.audio, video=media.video, tasks=tasks,
                                    labels=labels.split(",") if labels else None)
     except ReamoError as err:
         _fail(str(err))

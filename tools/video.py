@@ -50,22 +50,25 @@ class OpenCVTracker:
 
     source = "opencv-mil"
 
-    def __init__(self, max_side: int = 640) -> None:
+    def __init__(self, max_side: int = 640, search_fraction: float = 0.15) -> None:
         self.max_side = max_side
+        # Sampled frames are far apart in time (0.5 s at 2 fps), so objects move much further between them than
+        # MIL's default 25-pixel search window expects: search a fraction of the frame instead.
+        self.search_fraction = search_fraction
 
-    def _create(self) -> Any:
+    def _create(self, frame_side: int) -> Any:
         import cv2
 
-        if hasattr(cv2, "TrackerMIL_create"):
-            return cv2.TrackerMIL_create()
-        return cv2.TrackerMIL.create()  # pragma: no cover - older bindings
+        params = cv2.TrackerMIL_Params()
+        params.samplerSearchWinSize = float(max(25, int(self.search_fraction * frame_side)))
+        return cv2.TrackerMIL_create(params)
 
     def _follow(self, frames: np.ndarray, indices: list[int], box: Box, scale: float) -> dict[int, Box]:
         import cv2
 
-        tracker = self._create()
         first = frames[indices[0]]
         h, w = first.shape[:2]
+        tracker = self._create(int(max(h, w) * scale))
         rect = (
             int(box.x1 * scale), int(box.y1 * scale),
             max(2, int((box.x2 - box.x1) * scale)), max(2, int((box.y2 - box.y1) * scale)),
