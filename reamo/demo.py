@@ -60,6 +60,7 @@ def make_banner_video(path: Path, banner: str, seconds: float = 3.0, fps: int = 
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.bit_rate = 2_000_000
         for i in range(frames):
             frame = background.copy()
             draw = ImageDraw.Draw(frame)

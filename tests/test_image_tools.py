@@ -8,10 +8,6 @@ import numpy as np
 import pytest
 import skimage.data
 from PIL import Image, ImageDraw, ImageFont
-
-from reamo.errors import MediaError
-from reamo.media import MediaBundle, load_image
-from reamo.schema import Box, ImageRegion, NoRegion
 from reamo.tools.image import (
     FaceDetector,
     GrabCutRefiner,
@@ -20,6 +16,10 @@ from reamo.tools.image import (
     make_image_segmentation,
     text_similarity,
 )
+
+from reamo.errors import MediaError
+from reamo.media import MediaBundle, load_image
+from reamo.schema import Box, ImageRegion, NoRegion
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")

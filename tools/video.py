@@ -12,10 +12,6 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
-from reamo.errors import MediaError
-from reamo.media import LoadedImage, LoadedVideo, MediaBundle
-from reamo.schema import Box, Grounding, ImageRegion, NoRegion, Track, TrackFrame
 from reamo.tools.image import (
     DEFAULT_MIN_SCORE,
     OfflineRegionProposer,
@@ -25,6 +21,10 @@ from reamo.tools.image import (
     position_name,
     read_text,
 )
+
+from reamo.errors import MediaError
+from reamo.media import LoadedImage, LoadedVideo, MediaBundle
+from reamo.schema import Box, Grounding, ImageRegion, NoRegion, Track, TrackFrame
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class OpenCVTracker:
 
     source = "opencv-mil"
 
-    def __init__(self, max_side: int = 640, search_fraction: float = 0.15) -> None:
+    def __init__(self, max_side: int = 480, search_fraction: float = 0.15) -> None:
         self.max_side = max_side
         # Sampled frames are far apart in time (0.5 s at 2 fps), so objects move much further between them than
         # MIL's default 25-pixel search window expects: search a fraction of the frame instead.
@@ -68,6 +68,7 @@ class OpenCVTracker:
 
         first = frames[indices[0]]
         h, w = first.shape[:2]
+        cv2.setRNGSeed(0)  # MIL samples patches at random: same input, same track
         tracker = self._create(int(max(h, w) * scale))
         rect = (
             int(box.x1 * scale), int(box.y1 * scale),
@@ -116,7 +117,7 @@ def key_frame_order(count: int, max_key_frames: int) -> list[int]:
     if count <= 0:
         return []
     picks = np.linspace(0, count - 1, num=min(count, max_key_frames)).round().astype(int)
-    return sorted(set(int(i) for i in picks))
+    return sorted({int(i) for i in picks})
 
 
 def _finder(
@@ -194,10 +195,11 @@ video_tracking = make_video_tracking()
 
 def describe_video(video: LoadedVideo, key_frames: int = 2, max_lines: int = 6) -> str:
     """A few lines for the LLM: length, frame count, and the text / faces seen on a couple of key frames."""
-    lines = [
+    header = (
         f"Video {video.name!r}: {video.duration:.1f} s, {video.width}x{video.height}, {video.fps:.1f} fps, "
         f"{len(video.frames)} sampled frames."
-    ]
+    )
+    lines = [header]
     seen: dict[str, str] = {}
     for index in key_frame_order(len(video.frames), key_frames):
         image = frame_image(video, index)

@@ -1,0 +1,393 @@
+"""The benchmark runner: predict every example of a dataset with a system (and the baselines), score, report.
+
+Predictions go to `out_dir/predictions/<system>.jsonl`, one `PredictionLine` per example, appended and fsynced line
+by line, so a run that is killed loses at most the line being written: the rerun drops that torn line, skips every
+id already there and appends the rest (`PredictionStore`). Nothing is ever predicted or written twice.
+
+What the agent is asked per dataset (`DATASETS`): GMNER -> tasks ner with PER/LOC/ORG/OTHER; MNRE -> tasks re with
+the MNRE relation names (the model writes the short name, e.g. "member_of"; `MNRE_RELATION_ALIASES` maps it back to
+"/per/org/member_of"); M2E2 -> ner + ee with the ACE entity types and the 8 M2E2 event types. Dataset images are not
+shipped, so the agent runs text-only unless `image_dir` holds the files named in `Example.image`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from reamo.eval.scoring import EvalReport, score_system
+from tqdm.auto import tqdm
+
+from reamo.datasets import SPLITS, DatasetError, Example, read_dataset, read_jsonl
+from reamo.schema import Labels, Problem, Result, Task
+
+logger = logging.getLogger(__name__)
+
+Predictor = Callable[[Example], Result]
+DEFAULT_SPLIT = {"gmner": "dev", "mnre": "val", "m2e2": "dev"}
+
+# MNRE's label set, most frequent first on train (fixed by the release; "None" = no relation).
+MNRE_RELATIONS = [
+    "/per/per/peer", "/per/org/member_of", "/loc/loc/contain", "/per/misc/present_in", "/org/loc/locate_at",
+    "/per/loc/place_of_residence", "/misc/loc/held_on", "/org/org/subsidiary", "/per/per/alternate_names",
+    "/per/per/couple", "/per/misc/nationality", "/misc/misc/part_of", "/org/org/alternate_names",
+    "/per/loc/place_of_birth", "/per/misc/awarded", "/per/per/charges", "/per/per/parent", "/per/per/siblings",
+    "/per/per/neighbor", "/per/per/alumi", "/per/misc/religion", "/per/misc/race",
+]
+
+
+def _aliases(labels: Sequence[str]) -> dict[str, str]:
+    """Short name (last path part) -> full label; a short name shared by two labels maps to the more frequent."""
+    aliases: dict[str, str] = {}
+    for label in labels:  # most frequent first, so setdefault keeps the more frequent one
+        aliases.setdefault(label.rsplit("/", 1)[-1], label)
+        aliases.setdefault(label, label)
+    return aliases
+
+
+MNRE_RELATION_ALIASES = _aliases(MNRE_RELATIONS)
+ACE_ENTITY_TYPES = ["PER", "ORG", "GPE", "LOC", "FAC", "VEH", "WEA"]
+M2E2_EVENT_TYPES = [
+    "Conflict:Attack", "Movement:Transport", "Life:Die", "Justice:Arrest-Jail", "Contact:Meet",
+    "Conflict:Demonstrate", "Contact:Phone-Write", "Transaction:Transfer-Money",
+]
+
+
+class DatasetSpec(BaseModel):
+    """How the agent is prompted for one dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: tuple[Task, ...]
+    labels: Labels | None = None
+    relation_aliases: dict[str, str] = {}
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "gmner": DatasetSpec(tasks=("ner",), labels=Labels(entity_types=["PER", "LOC", "ORG", "OTHER"])),
+    "mnre": DatasetSpec(
+        tasks=("re",),
+        labels=Labels(relation_types=list(dict.fromkeys(r.rsplit("/", 1)[-1] for r in MNRE_RELATIONS))),
+        relation_aliases=MNRE_RELATION_ALIASES,
+    ),
+    "m2e2": DatasetSpec(tasks=("ner", "ee"), labels=Labels(entity_types=ACE_ENTITY_TYPES,
+                                                           event_types=M2E2_EVENT_TYPES)),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_examples(data: str | os.PathLike[str], limit: int | None = None) -> tuple[list[Example], str]:
+    """Examples of "gmner:dev" / "mnre:val" / "m2e2:dev" (a bare "gmner" means its eval split) or of a jsonl file
+    in our Example format; returns them with a label for the data ("gmner:dev" or the path)."""
+    text = str(data)
+    name, _, split = text.partition(":")
+    if name in SPLITS and not Path(text).exists():
+        split = split or DEFAULT_SPLIT[name]
+        return read_dataset(name, split, limit=limit), f"{name}:{split}"  # type: ignore[arg-type]
+    path = Path(text)
+    if not path.is_file():
+        raise DatasetError(
+            f"unknown data {text!r}: give gmner:dev, mnre:val, m2e2:dev (or :train) or a .jsonl file of Examples "
+            "written by reamo.datasets.write_jsonl"
+        )
+    examples = read_jsonl(path)
+    return (examples[:limit] if limit is not None else examples), str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resumable prediction store
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class PredictionLine(BaseModel):
+    """One line of a predictions file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    seconds: float = 0.0
+    error: str | None = None
+    result: Result
+
+
+class PredictionStore:
+    """Append-only jsonlines of `PredictionLine`s that survives being killed mid-write.
+
+    `recover()` reads what is there: complete lines are kept (first copy of an id wins), a torn last line (no
+    trailing newline, left by a kill) is cut off, unreadable or duplicate complete lines are dropped by an atomic
+    rewrite. `append()` writes one line and flushes + fsyncs it before returning.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._handle: Any = None
+
+    def recover(self) -> dict[str, PredictionLine]:
+        if not self.path.is_file():
+            return {}
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        lines: dict[str, PredictionLine] = {}
+        kept: list[bytes] = []
+        rewrite = False
+        for number, raw in enumerate(data[:end].split(b"\n")[:-1], 1):
+            try:
+                line = PredictionLine.model_validate_json(raw)
+            except ValidationError as error:
+                logger.warning("%s:%d: dropping unreadable line (%s)", self.path, number, error.errors()[0]["msg"])
+                rewrite = True
+                continue
+            if line.id in lines:
+                logger.warning("%s:%d: dropping a second line for id %s", self.path, number, line.id)
+                rewrite = True
+                continue
+            lines[line.id] = line
+            kept.append(raw)
+        if rewrite:
+            self._rewrite(kept)
+        elif end < len(data):
+            logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", self.path,
+                           len(data) - end)
+            with self.path.open("r+b") as handle:
+                handle.truncate(end)
+                handle.flush()
+                os.fsync(handle.fileno())
+        return lines
+
+    def _rewrite(self, lines: Sequence[bytes]) -> None:
+        handle = tempfile.NamedTemporaryFile("wb", dir=self.path.parent, prefix=f".{self.path.name}.",
+                                             suffix=".tmp", delete=False)
+        try:
+            with handle:
+                for raw in lines:
+                    handle.write(raw + b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(handle.name, self.path)
+        except BaseException:
+            Path(handle.name).unlink(missing_ok=True)
+            raise
+
+    def append(self, line: PredictionLine) -> None:
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("ab")
+        self._handle.write(line.model_dump_json().encode("utf-8") + b"\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> PredictionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Predictors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class AgentPredictor:
+    """Runs `Agent.extract` on an example with the dataset's tasks and labels (see `DATASETS`)."""
+
+    def __init__(self, agent: Any, spec: DatasetSpec, image_dir: str | os.PathLike[str] | None = None,
+                 name: str = "reamo") -> None:
+        self.agent = agent
+        self.spec = spec
+        self.image_dir = Path(image_dir) if image_dir else None
+        self.name = name
+
+    def __call__(self, example: Example) -> Result:
+        image = None
+        if self.image_dir is not None and example.image and (self.image_dir / example.image).is_file():
+            image = self.image_dir / example.image
+        result = self.agent.extract(text=example.text, image=image, tasks=self.spec.tasks, labels=self.spec.labels)
+        if self.spec.relation_aliases:
+            for relation in result.relations:
+                relation.type = self.spec.relation_aliases.get(relation.type.strip(), relation.type)
+        return result
+
+
+def predictor_name(predictor: Any, default: str = "system") -> str:
+    name = getattr(predictor, "name", None) or getattr(predictor, "__name__", None)
+    return str(name) if name and name != "<lambda>" else default
+
+
+def _failed(example: Example, error: BaseException) -> Result:
+    message = f"{type(error).__name__}: {error}"
+    return Result(text=example.text, tasks=list(example.gold.tasks),
+                  problems=[Problem(message=message, stage="generate")])
+
+
+def predict_all(predictor: Predictor, examples: Sequence[Example], path: str | os.PathLike[str],
+                desc: str = "predict") -> dict[str, PredictionLine]:
+    """Predict the examples not yet in `path` (resumable, see `PredictionStore`); returns every line by id.
+
+    A predictor that raises on an example gets an empty Result with the error as a problem (and `error` set), so
+    one bad example never stops the run; `predict_batch(examples)` is used in chunks when the predictor has it.
+    """
+    store = PredictionStore(path)
+    done = store.recover()
+    todo = [e for e in examples if e.id not in done]
+    batch_size = int(getattr(predictor, "batch_size", 1)) if hasattr(predictor, "predict_batch") else 1
+    if len(done) and todo:
+        logger.info("%s: resuming, %d done, %d to go", path, len(examples) - len(todo), len(todo))
+    with store, tqdm(total=len(examples), initial=len(examples) - len(todo), desc=desc, unit="ex",
+                     dynamic_ncols=True, disable=None) as progress:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            started = time.perf_counter()
+            outcomes: list[tuple[Result, str | None]]
+            try:
+                if batch_size > 1:
+                    outcomes = [(r, None) for r in predictor.predict_batch(chunk)]  # type: ignore[attr-defined]
+                else:
+                    outcomes = [(predictor(chunk[0]), None)]
+                seconds = [(time.perf_counter() - started) / len(chunk)] * len(chunk)
+            except Exception as error:  # noqa: BLE001 - one failure must not lose the run; it is recorded
+                if batch_size > 1:  # redo one by one so only the bad example fails
+                    outcomes, seconds = [], []
+                    for example in chunk:
+                        mark = time.perf_counter()
+                        try:
+                            outcomes.append((predictor(example), None))
+                        except Exception as inner:  # noqa: BLE001
+                            logger.warning("%s failed: %s", example.id, inner)
+                            outcomes.append((_failed(example, inner), f"{type(inner).__name__}: {inner}"))
+                        seconds.append(time.perf_counter() - mark)
+                else:
+                    logger.warning("%s failed: %s", chunk[0].id, error)
+                    outcomes = [(_failed(chunk[0], error), f"{type(error).__name__}: {error}")]
+                    seconds = [time.perf_counter() - started]
+            for example, (result, error_text), secs in zip(chunk, outcomes, seconds, strict=True):
+                line = PredictionLine(id=example.id, seconds=secs, error=error_text, result=result)
+                store.append(line)
+                done[example.id] = line
+            progress.update(len(chunk))
+    return done
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _notes(source: str, image_dir: Path | None, systems: dict[str, Any]) -> list[str]:
+    notes = []
+    if source == "gmner" and image_dir is None:
+        notes.append(
+            "GMNER tweet images are not available here, so every system ran text-only and predicts 'no region' for "
+            "every entity: the gmner and eeg rows count a prediction as grounded-correct only when its gold entity "
+            "has no box (ungroundable), which caps their recall at the ungroundable share of gold entities."
+        )
+    if source == "mnre" and "majority" in systems:
+        notes.append(
+            "majority = the most frequent non-None relation on MNRE train for every pair (predicting None everywhere "
+            "scores F1 0); its triples use the given gold pair, so its 're' row is an oracle-pair floor."
+        )
+    if source in ("gmner", "m2e2") and "spacy" in systems:
+        notes.append(
+            "spacy = en_core_web_sm NER with the type mapping in reamo.eval.baselines (numeric types dropped); it "
+            "predicts no events, so its et/ea rows are 0."
+        )
+    if source == "m2e2":
+        notes.append("M2E2 split: ours (article-level sha1 % 10 == 0 -> dev); no official split exists.")
+    return notes
+
+
+def run_eval(
+    data: str | os.PathLike[str],
+    agent: Any,
+    out_dir: str | os.PathLike[str],
+    limit: int | None = None,
+    baselines: bool | dict[str, Predictor] = True,
+    image_dir: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    plots: bool = True,
+) -> EvalReport:
+    """Predict, score and report one dataset. `agent`: a `reamo.Agent` or any callable `Example -> Result`.
+
+    Writes into `out_dir`: predictions/<system>.jsonl (resumable), report.md, scores.json and PNG plots.
+    `baselines`: True for `default_baselines(source)`, False for none, or a dict name -> predictor.
+    """
+    from reamo.eval.baselines import default_baselines
+    from reamo.eval.report import write_report
+
+    examples, label = load_examples(data, limit)
+    if not examples:
+        raise DatasetError(f"{label}: no examples to evaluate")
+    source, split = examples[0].source, examples[0].split
+    out = Path(out_dir)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+
+    if hasattr(agent, "extract"):
+        spec = DATASETS.get(source, DatasetSpec(tasks=tuple(examples[0].gold.tasks)))
+        main: Predictor = AgentPredictor(agent, spec, image_dir, name=name or "reamo")
+    else:
+        main = agent
+    main_name = name or predictor_name(main)
+    systems: dict[str, Predictor] = {main_name: main}
+    if baselines is True:
+        extra = default_baselines(source)
+    else:
+        extra = dict(baselines) if baselines else {}
+    for baseline_name, predictor in extra.items():
+        if baseline_name != main_name:
+            systems[baseline_name] = predictor
+
+    reports = {}
+    for system_name, predictor in systems.items():
+        lines = predict_all(predictor, examples, out / "predictions" / f"{system_name}.jsonl",
+                            desc=f"{system_name} on {label}")
+        chosen = [lines[e.id] for e in examples]
+        seconds = sum(line.seconds for line in chosen) / len(chosen)
+        reports[system_name] = score_system(
+            system_name, examples, [line.result for line in chosen],
+            n_failed=sum(1 for line in chosen if line.error), seconds_per_example=seconds,
+        )
+    report = EvalReport(data=label, source=source, split=split, n_examples=len(examples), limit=limit,
+                        system=main_name, systems=reports,
+                        notes=_notes(source, Path(image_dir) if image_dir else None, systems))
+    write_report(report, out, plots=plots)
+    return report
+
+
+def evaluate_model(
+    data: str | os.PathLike[str],
+    model: str = "default",
+    out_dir: str | os.PathLike[str] = "reamo-eval",
+    limit: int | None = None,
+    baselines: bool = True,
+    image_dir: str | os.PathLike[str] | None = None,
+    max_new_tokens: int | None = None,
+) -> EvalReport:
+    """The `reamo eval` entry: `model` is "default", a saved model folder, or a baseline name ("spacy",
+    "majority") to score a baseline on its own."""
+    from reamo.eval.baselines import MajorityRelation, SpacyNer
+
+    if model in ("spacy", "majority"):
+        examples, _ = load_examples(data, limit=1)
+        source = examples[0].source if examples else "gmner"
+        system: Any = SpacyNer.for_dataset(source) if model == "spacy" else MajorityRelation()
+        return run_eval(data, system, out_dir, limit=limit, baselines=baselines, image_dir=image_dir)
+    from reamo.agent import Agent
+
+    settings = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    agent = Agent.from_pretrained(model, **settings)
+    return run_eval(data, agent, out_dir, limit=limit, baselines=baselines, image_dir=image_dir)

@@ -1,0 +1,160 @@
+"""The benchmark runner: resumable predictions (a torn last line from a kill), scoring and the written report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from reamo.eval.runner import (
+    MNRE_RELATION_ALIASES,
+    PredictionLine,
+    PredictionStore,
+    load_examples,
+    predict_all,
+    run_eval,
+)
+from reamo.tools.registry import ToolRegistry
+
+from reamo.agent import Agent, AgentSettings
+from reamo.datasets import Example, read_gmner, write_jsonl
+from reamo.model import ReamoConfig, ReamoModel
+from reamo.schema import Result
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class Oracle:
+    """Returns the gold result (a perfect system) and remembers which ids it was asked for."""
+
+    name = "oracle"
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[str] = []
+        self.fail_on = fail_on
+
+    def __call__(self, example: Example) -> Result:
+        self.calls.append(example.id)
+        if example.id == self.fail_on:
+            raise RuntimeError("boom")
+        return example.gold.model_copy(deep=True)
+
+
+@pytest.fixture(scope="module")
+def gmner20() -> list[Example]:
+    return read_gmner("dev", limit=20)
+
+
+def _ids(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_resume_after_torn_line_has_no_duplicates_and_loses_nothing(gmner20, tmp_path) -> None:
+    path = tmp_path / "predictions.jsonl"
+    first = Oracle()
+    predict_all(first, gmner20[:8], path)
+    assert first.calls == [e.id for e in gmner20[:8]]
+
+    # A kill in the middle of writing line 9: half a line, no newline.
+    torn = PredictionLine(id=gmner20[8].id, result=gmner20[8].gold).model_dump_json()
+    with path.open("ab") as handle:
+        handle.write(torn[: len(torn) // 2].encode("utf-8"))
+
+    second = Oracle()
+    lines = predict_all(second, gmner20, path)
+    assert second.calls == [e.id for e in gmner20[8:]]  # the torn example is redone, done ones are skipped
+    ids = _ids(path)
+    assert ids == [e.id for e in gmner20]  # every id exactly once, in order
+    assert path.read_bytes().endswith(b"\n")
+    assert all(PredictionLine.model_validate_json(line) for line in path.read_text().splitlines())
+    assert set(lines) == set(ids)
+
+    third = Oracle()
+    predict_all(third, gmner20, path)
+    assert third.calls == []  # nothing left to do
+
+
+def test_store_drops_duplicate_and_garbage_complete_lines(gmner20, tmp_path) -> None:
+    path = tmp_path / "p.jsonl"
+    good = [PredictionLine(id=e.id, result=e.gold).model_dump_json() for e in gmner20[:3]]
+    path.write_text("\n".join([good[0], good[1], "{not json", good[1], good[2]]) + "\n", encoding="utf-8")
+    lines = PredictionStore(path).recover()
+    assert list(lines) == [e.id for e in gmner20[:3]]
+    assert _ids(path) == [e.id for e in gmner20[:3]]
+
+
+def test_a_failing_example_is_recorded_and_the_run_goes_on(gmner20, tmp_path) -> None:
+    oracle = Oracle(fail_on=gmner20[2].id)
+    lines = predict_all(oracle, gmner20[:5], tmp_path / "p.jsonl")
+    assert len(lines) == 5
+    assert lines[gmner20[2].id].error == "RuntimeError: boom"
+    assert lines[gmner20[2].id].result.entities == []
+    assert lines[gmner20[2].id].result.problems[0].message == "RuntimeError: boom"
+
+
+def test_gmner_report_with_oracle_and_spacy_baseline(tmp_path) -> None:
+    report = run_eval("gmner:dev", Oracle(), tmp_path, limit=30, baselines=True)
+    assert list(report.systems) == ["oracle", "spacy"]
+    oracle = report.systems["oracle"]
+    for task in ("ner", "gmner", "mner", "eeg"):
+        for mode in ("exact", "relaxed"):
+            assert report.f1(task, mode) == pytest.approx(1.0)
+    assert 0.0 < report.f1("ner", system="spacy") < 1.0
+    assert oracle.grounding_ious and all(iou == pytest.approx(1.0) for iou in oracle.grounding_ious)
+    # a perfect system puts every gold entity on the diagonal of the confusion table
+    assert all(set(row) == {gold} for gold, row in oracle.confusion.items())
+    assert any(note.startswith("GMNER tweet images are not available") for note in report.notes)
+
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| ner | exact | " in markdown and "| gmner | relaxed | " in markdown
+    assert "oracle F1" in markdown and "spacy F1" in markdown
+    assert "| PER |" in markdown
+    scores = json.loads((tmp_path / "scores.json").read_text(encoding="utf-8"))
+    assert scores["n_examples"] == 30 and set(scores["systems"]) == {"oracle", "spacy"}
+    for name in ("f1_per_type_ner.png", "pr_scatter_ner.png", "confusion_oracle.png", "confusion_spacy.png",
+                 "iou_oracle.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC, name
+    assert not (tmp_path / "iou_spacy.png").exists()  # spaCy predicts no boxes
+    assert len(_ids(tmp_path / "predictions" / "spacy.jsonl")) == 30
+
+
+def test_mnre_relation_classification_and_majority_baseline(tmp_path) -> None:
+    report = run_eval("mnre:val", Oracle(), tmp_path, limit=40)
+    assert report.f1("rc") == pytest.approx(1.0) and report.f1("re") == pytest.approx(1.0)
+    majority = report.systems["majority"]
+    rc = majority.row("rc")
+    assert rc is not None and set(rc.per_type) >= {"/per/per/peer"}
+    assert rc.scores.n_pred == 40  # one relation for every pair
+    assert "| rc | exact |" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_m2e2_scores_entities_triggers_and_arguments(tmp_path) -> None:
+    report = run_eval("m2e2:dev", Oracle(), tmp_path, limit=25, baselines=False, plots=False)
+    tasks = {row.task for row in report.systems["oracle"].rows}
+    assert tasks == {"ner", "et", "ea"}
+    assert report.f1("ner") == pytest.approx(1.0)
+
+
+def test_jsonl_data_and_unknown_data(gmner20, tmp_path) -> None:
+    path = tmp_path / "examples.jsonl"
+    write_jsonl(gmner20[:4], path)
+    examples, label = load_examples(path, limit=3)
+    assert [e.id for e in examples] == [e.id for e in gmner20[:3]] and label == str(path)
+    with pytest.raises(ValueError, match="gmner:dev"):
+        load_examples(tmp_path / "nothing.jsonl")
+
+
+def test_agent_runs_through_the_runner(tiny_llm_dir, tmp_path) -> None:
+    model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir)))
+    agent = Agent(model, registry=ToolRegistry(), settings=AgentSettings(max_new_tokens=4, few_shot=False))
+    report = run_eval("mnre:val", agent, tmp_path, limit=3, baselines=False, plots=False)
+    assert report.system == "reamo" and report.systems["reamo"].n_failed == 0
+    lines = [PredictionLine.model_validate_json(line)
+             for line in (tmp_path / "predictions" / "reamo.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(line.result.tasks == ["re"] for line in lines)
+
+
+def test_mnre_short_relation_names_map_back() -> None:
+    assert MNRE_RELATION_ALIASES["member_of"] == "/per/org/member_of"
+    assert MNRE_RELATION_ALIASES["alternate_names"] == "/per/per/alternate_names"  # the more frequent one
+    assert MNRE_RELATION_ALIASES["/org/org/alternate_names"] == "/org/org/alternate_names"

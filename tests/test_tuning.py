@@ -1,0 +1,321 @@
+"""Four-stage tuning end to end on a tiny LLaMA + tiny ImageBind, and the instruction data builders on real data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from reamo.datasets import read_gmner, read_m2e2, read_mnre
+from reamo.errors import ConfigError
+from reamo.model import LoraSettings, ReamoConfig, ReamoModel
+from reamo.model.imagebind_encoder import ImageBindEncoder, ImageBindEncoderConfig
+from reamo.protocol import parse
+from reamo.tuning import TrainConfig, write_instructions
+from reamo.tuning.captions import CaptionPair
+from reamo.tuning.data import (
+    BuildOptions,
+    gmner_boxed,
+    gmner_examples,
+    group_mnre,
+    m2e2_examples,
+    mnre_examples,
+)
+from reamo.tuning.invocation import COMBINATIONS, invocation_example
+from reamo.tuning.trainer import latest_complete_checkpoint, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "tuning" / "configs"
+EXACT = BuildOptions(shuffle_labels_prob=0, subset_labels_prob=0, paraphrase_prob=0)
+
+
+def common(tmp: Path, **update) -> dict:
+    """Small, fast settings shared by the stage runs (1 thread: robust on a busy 2-core machine)."""
+    return {"max_steps": 3, "batch_size": 4, "save_steps": 3, "logging_steps": 1, "learning_rate": 5e-3,
+            "warmup_steps": 0, "max_seq_len": 4096, "threads": 1, "progress": False,
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "output_dir": str(tmp), **update}
+
+
+def losses(output_dir: Path) -> list[float]:
+    log = json.loads((output_dir / "train_log.json").read_text())
+    return [entry["loss"] for entry in log if "loss" in entry]
+
+
+def lora_state(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> bool:
+    assert before.keys() == after.keys()
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.fixture(scope="module")
+def encoder_config(tmp_path_factory) -> ImageBindEncoderConfig:
+    torch.manual_seed(0)
+    checkpoint = tmp_path_factory.mktemp("imagebind") / "imagebind_tiny.pth"
+    torch.save(ImageBindEncoder(ImageBindEncoderConfig.tiny()).model.state_dict(), checkpoint)
+    return ImageBindEncoderConfig.tiny().model_copy(update={"checkpoint": str(checkpoint)})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Builders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def entity_pairs(items) -> list[tuple[str, str]]:
+    return sorted((e.text, e.type) for e in items)
+
+
+def test_gmner_targets_parse_back_to_gold_with_tool_calls_for_boxed_entities(shared_data) -> None:
+    gold = read_gmner("train", limit=60)
+    built = gmner_examples(gold, "train", stage=3, options=EXACT)
+    with_boxes = 0
+    for example, item in zip(gold, built):
+        assert [m["role"] for m in item.messages] == ["system", "user", "assistant"]
+        assert item.media == {"image": example.image} and item.split == "train" and item.stage == 3
+        assert "[image attached]" in item.messages[1]["content"] and example.text in item.messages[1]["content"]
+        parsed = parse(item.target, strict=True)
+        assert entity_pairs(parsed.entities) == entity_pairs(example.gold.entities)
+        targets = [c.arguments["target"] for c in parsed.tool_calls]
+        assert {c.name for c in parsed.tool_calls} <= {"ImageSegmentation"}
+        assert sorted(targets) == sorted(set(gmner_boxed(example)))
+        with_boxes += bool(targets)
+    assert with_boxes > 5  # real boxes made real tool calls
+    stage1 = gmner_examples(gold[:5], "train", stage=1, options=EXACT)
+    assert all(not parse(i.target).tool_calls and not i.media for i in stage1)
+
+
+def test_label_subsets_filter_targets_and_give_none_cases(shared_data) -> None:
+    gold = read_gmner("train", limit=200)
+    built = gmner_examples(gold, "train", stage=1, options=BuildOptions(subset_labels_prob=0.6, paraphrase_prob=0.5))
+    nones = 0
+    for example, item in zip(gold, built):
+        system = item.messages[0]["content"]
+        offered = system.split("with types ")[1].split("\n")[0].split(", ")
+        parsed = parse(item.target, strict=True)
+        assert all(e.type in offered for e in parsed.entities)
+        expected = [e for e in example.gold.entities if e.type in offered]
+        assert entity_pairs(parsed.entities) == entity_pairs(expected)
+        nones += item.target == "Entities: None"
+    assert nones > 10
+
+
+def test_mnre_and_m2e2_targets(shared_data) -> None:
+    pairs = read_mnre("train", limit=80)
+    sentences = group_mnre(pairs)
+    assert len(sentences) < len(pairs)  # several pairs per sentence are merged
+    built = mnre_examples(sentences, "train", options=EXACT)
+    targets = [item.target for item in built]
+    assert "Relations: None" in targets
+    for example, item in zip(sentences, built):
+        parsed = parse(item.target, strict=True)
+        assert sorted((r.head.text, r.type, r.tail.text) for r in parsed.relations) == sorted(
+            (r.head.text, r.type, r.tail.text) for r in example.gold.relations)
+    events = [e for e in read_m2e2("train", limit=120) if e.gold.events][:10]
+    for example, item in zip(events, m2e2_examples(events, "train", options=EXACT, ner_only_prob=0, ee_only_prob=0)):
+        parsed = parse(item.target, strict=True)
+        assert entity_pairs(parsed.entities) == entity_pairs(example.gold.entities)
+        assert [(e.type, e.trigger.text, [(a.role, a.entity.text) for a in e.arguments]) for e in parsed.events] == [
+            (e.type, e.trigger.text, [(a.role, a.entity.text) for a in e.arguments])
+            for e in sorted(example.gold.events, key=lambda e: e.trigger.span.start)]
+
+
+def test_invocation_combinations_render_context_and_calls(shared_data) -> None:
+    import random
+
+    example = next(e for e in read_gmner("train", limit=100) if gmner_boxed(e))
+    seen = {}
+    for combination in COMBINATIONS:
+        item = invocation_example(example, combination, "train", random.Random(0), EXACT)
+        user = item.messages[1]["content"]
+        parsed = parse(item.target, strict=True)
+        names = {c.name for c in parsed.tool_calls}
+        assert ("Text: " + example.text in user) == ("T" in combination)
+        if "A" in combination:
+            assert "[audio attached]" in user and "Speech transcript" in user and "AudioSegmentation" in names
+        if combination in ("I", "V"):
+            assert {"I": "ImageSegmentation", "V": "VideoTracking"}[combination] in names
+        assert entity_pairs(parsed.entities) == entity_pairs(example.gold.entities)
+        seen[combination] = item
+    assert set(seen["T"].media) == set()
+    assert set(seen["T+I+A"].media) == {"image", "audio"}
+
+
+def test_builders_refuse_dev_splits(shared_data) -> None:
+    dev = read_gmner("dev", limit=2)
+    with pytest.raises(ConfigError, match="dev"):
+        gmner_examples(dev, "dev")
+    with pytest.raises(ConfigError, match="split"):
+        TrainConfig.from_dict({"stage": 1, "output_dir": "x", "data": {"split": "dev"}})
+
+
+def test_speech_examples_with_espeak(tmp_path, shared_data) -> None:
+    from reamo.media import load_audio
+    from reamo.tuning.speech import speech_clips, speech_examples
+
+    sentences = read_gmner("train", limit=2)
+    items = speech_examples(sentences, "train", cache_dir=tmp_path, options=EXACT)
+    assert len(items) == 2
+    for example, item in zip(sentences, items):
+        audio = load_audio(item.media["audio"])
+        assert audio.duration > 1.0
+        parsed = parse(item.target, strict=True)
+        assert sorted(c.arguments["target"] for c in parsed.tool_calls) == sorted(
+            {e.text for e in example.gold.entities})
+        assert f"({audio.duration:.1f} s)" in item.messages[1]["content"]
+    again = speech_clips(sentences, tmp_path)  # cached: same files, no new synthesis
+    assert [c.path for c in again] == [i.media["audio"] for i in items]
+    assert len(list(tmp_path.glob("*.wav"))) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["stage1_uie", "stage2_alignment", "stage3_grounding", "stage4_invocation",
+                                  "default_smollm2", "qlora_vicuna7b"])
+def test_shipped_configs_load(name: str) -> None:
+    config = TrainConfig.from_yaml(CONFIGS / f"{name}.yaml")
+    assert config.data.split == "train"
+
+
+def test_yaml_errors_name_the_key(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("stage: 1\noutput_dir: out\nlearning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key 'learning_rat'"):
+        TrainConfig.from_yaml(path)
+    path.write_text("stage: 1\noutput_dir: out\ndata:\n  gmner: many\n")
+    with pytest.raises(ConfigError, match="data.gmner"):
+        TrainConfig.from_yaml(path)
+    path.write_text("stage: 7\noutput_dir: out\n")
+    with pytest.raises(ConfigError, match="stage"):
+        TrainConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match="not found"):
+        TrainConfig.from_yaml(tmp_path / "missing.yaml")
+    path.write_text("stage: 1\noutput_dir: out\n")
+    assert TrainConfig.from_yaml(path, stage=2, resume=True).trainable == ["projector"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The four stages, chained, on a tiny model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def media_folder(tmp_path_factory) -> Path:
+    """Random images and noise audio standing in for real media in the tiny runs."""
+    folder = tmp_path_factory.mktemp("media")
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(folder / f"img{index}.png")
+        soundfile.write(folder / f"aud{index}.wav", (rng.standard_normal(16000) * 0.1).astype(np.float32), 16000)
+    return folder
+
+
+def test_four_stages_train_only_their_parts(tmp_path, tiny_llm_dir, encoder_config, media_folder, shared_data
+                                            ) -> None:
+    model_config = ReamoConfig(llm=str(tiny_llm_dir), encoder=encoder_config, tokens_per_input=2)
+
+    # stage 1: UIE instruction tuning, LoRA only (the projector keeps its initial weights)
+    uie = gmner_examples(read_gmner("train", limit=8), "train") + m2e2_examples(read_m2e2("train", limit=8), "train")
+    write_instructions(uie, tmp_path / "uie.jsonl")
+    config1 = TrainConfig.from_dict({"stage": 1, "model": model_config.model_dump(),
+                                     "data": {"files": [str(tmp_path / "uie.jsonl")]},
+                                     **common(tmp_path / "s1", save_steps=2)})
+    torch.manual_seed(config1.seed)
+    from transformers import set_seed
+
+    from reamo.tuning.trainer import build_model
+    set_seed(config1.seed)
+    initial = build_model(config1)
+    initial_projector = {k: v.clone() for k, v in initial.projectors.state_dict().items()}
+    initial_lora = {k: v.clone() for k, v in initial.llm.named_parameters() if "lora_" in k}
+    del initial
+    stage1 = train(config1)
+    assert all(math.isfinite(x) for x in losses(tmp_path / "s1")) and len(losses(tmp_path / "s1")) == 3
+    assert torch.equal(load_file(str(stage1 / "projector.safetensors"))["image.net.0.weight"],
+                       initial_projector["image.net.0.weight"])
+    lora1 = lora_state(stage1)
+    assert any(v.abs().sum() > 0 for k, v in lora1.items() if "lora_B" in k)  # lora_B starts at zero
+    assert len(lora1) == len(initial_lora)
+    assert (tmp_path / "s1" / "checkpoint-2" / "reamo" / "adapter").is_dir()
+
+    # stage 2: alignment, projector only (LoRA weights stay exactly as stage 1 left them)
+    pairs = [CaptionPair(modality="image", path=str(media_folder / f"img{i}.png"), caption=f"A noisy picture {i}.")
+             for i in range(4)]
+    pairs += [CaptionPair(modality="audio", path=str(media_folder / f"aud{i}.wav"), caption="Static noise.")
+              for i in range(4)]
+    config2 = TrainConfig.from_dict({"stage": 2, "model": str(stage1),
+                                     "data": {"caption_pairs": [p.model_dump() for p in pairs]},
+                                     **common(tmp_path / "s2")})
+    stage2 = train(config2)
+    assert all(math.isfinite(x) for x in losses(tmp_path / "s2"))
+    assert not changed(lora1, lora_state(stage2))
+    projector1 = load_file(str(stage1 / "projector.safetensors"))
+    projector2 = load_file(str(stage2 / "projector.safetensors"))
+    assert changed({k: projector1[k] for k in projector2 if k.startswith(("image", "audio"))},
+                   {k: projector2[k] for k in projector2 if k.startswith(("image", "audio"))})
+    assert all(torch.equal(projector1[k], projector2[k]) for k in projector2 if k.startswith("video"))  # no video data
+
+    # stage 3: grounding-aware; the GMNER tweet images are resolved under media_root (random stand-ins here)
+    tweets = [e for e in read_gmner("train", limit=80) if gmner_boxed(e)][:4]
+    for index, tweet in enumerate(tweets):
+        (media_folder / tweet.image).write_bytes((media_folder / f"img{index}.png").read_bytes())
+    write_instructions(gmner_examples(tweets, "train", stage=3), tmp_path / "grounding.jsonl")
+    config3 = TrainConfig.from_dict({"stage": 3, "model": str(stage2),
+                                     "data": {"files": [str(tmp_path / "grounding.jsonl")],
+                                              "media_root": str(media_folder)},
+                                     **common(tmp_path / "s3", max_steps=2)})
+    stage3 = train(config3)
+    assert all(math.isfinite(x) for x in losses(tmp_path / "s3"))
+    assert changed(lora_state(stage2), lora_state(stage3))
+    loaded = ReamoModel.from_pretrained(stage3)
+    assert loaded.encoded_modalities == ("image", "video", "audio")
+
+
+def test_stage4_default_style_model_with_speech_and_resume(tmp_path, tiny_llm_dir, shared_data) -> None:
+    """No encoder (like the embedded default): media reach the prompt as tool-made text context."""
+    from reamo.tuning.invocation import invocation_examples
+    from reamo.tuning.speech import speech_examples
+
+    sentences = read_gmner("train", limit=10) + [e for e in read_m2e2("train", limit=200) if e.gold.events][:6]
+    items = invocation_examples(sentences, "train")
+    items += speech_examples(sentences[:2], "train", cache_dir=tmp_path / "speech")
+    assert {i.id.split(":")[-1] for i in items} >= set(COMBINATIONS)
+    write_instructions(items, tmp_path / "invocation.jsonl")
+    raw = {"stage": 4, "model": ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]).model_dump(),
+           "data": {"files": [str(tmp_path / "invocation.jsonl")]},
+           **common(tmp_path / "s4", max_steps=2, save_steps=1)}
+    final = train(TrainConfig.from_dict(raw))
+    assert all(math.isfinite(x) for x in losses(tmp_path / "s4"))
+    model = ReamoModel.from_pretrained(final)
+    assert hasattr(model.llm, "peft_config") and not model.projectors
+
+    first_run = lora_state(final)
+    first_losses = losses(tmp_path / "s4")
+    # a kill while checkpoint-2 was being written: resume picks checkpoint-1 and carries on to step 3
+    (tmp_path / "s4" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2, "log_hi')
+    assert latest_complete_checkpoint(tmp_path / "s4").name == "checkpoint-1"
+    resumed = train(TrainConfig.from_dict({**raw, "max_steps": 3, "resume": True}))
+    steps = [e["step"] for e in json.loads((tmp_path / "s4" / "train_log.json").read_text()) if "loss" in e]
+    assert steps == [1, 2, 3]  # step 1 from the checkpoint's history, 2 and 3 trained again after the resume
+    # the resumed step 2 repeats the first run's step 2 exactly: weights, optimizer and data order were restored
+    assert losses(tmp_path / "s4")[1] == pytest.approx(first_losses[1], rel=1e-5)
+    assert changed(first_run, lora_state(resumed))
+
+
+def test_stage2_on_a_model_without_encoder_is_a_clear_error(tmp_path, tiny_llm_dir, media_folder) -> None:
+    config = TrainConfig.from_dict({
+        "stage": 2, "model": ReamoConfig(llm=str(tiny_llm_dir), modalities=[]).model_dump(),
+        "data": {"caption_pairs": [{"modality": "image", "path": str(media_folder / "img0.png"), "caption": "x"}]},
+        **common(tmp_path / "s2x")})
+    with pytest.raises(ConfigError, match="nothing to train"):
+        train(config)

@@ -1,0 +1,86 @@
+"""VideoTracking: OCR finds a printed word on a key frame and the MIL tracker follows it; real-video plumbing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from reamo.tools.video import (
+    OpenCVTracker,
+    describe_video,
+    make_video_tracking,
+    video_tracking,
+)
+
+from reamo.errors import MediaError
+from reamo.media import MediaBundle, MediaLimits, load_video
+from reamo.schema import Box, NoRegion, Track
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def moving_word() -> tuple[MediaBundle, list[tuple[int, int]]]:
+    """3 s at 8 fps of the word NADAL sliding right 8 px per frame over a textured background."""
+    count, height, width = 24, 240, 400
+    rng = np.random.default_rng(0)
+    background = (90 + rng.integers(0, 40, (height, width, 3))).astype(np.uint8)
+    frames, origins = [], []
+    for i in range(count):
+        frame = background.copy()
+        x, y = 20 + 8 * i, 100
+        cv2.rectangle(frame, (x - 5, y - 40), (x + 170, y + 12), (255, 255, 255), -1)
+        cv2.putText(frame, "NADAL", (x, y), cv2.FONT_HERSHEY_SIMPLEX, 1.4, (200, 0, 0), 3)
+        frames.append(frame)
+        origins.append((x, y))
+    video = load_video(np.stack(frames), fps=8.0)
+    return MediaBundle(video=video), origins
+
+
+def test_track_follows_the_printed_word(moving_word: tuple[MediaBundle, list[tuple[int, int]]]) -> None:
+    media, origins = moving_word
+    video = media.video
+    [track] = video_tracking(media, "Rafael Nadal", "PER")
+    assert isinstance(track, Track), track
+    assert [f.frame_index for f in track.frames] == video.frame_indices
+    assert [f.time for f in track.frames] == pytest.approx(video.timestamps)
+    assert track.start == 0.0 and track.end == pytest.approx(video.timestamps[-1])
+    first = track.frames[0].box
+    for frame in track.frames:
+        # Where the first box would be if it moved exactly with the word.
+        dx = origins[frame.frame_index][0] - origins[0][0]
+        truth = Box(x1=first.x1 + dx, y1=first.y1, x2=first.x2 + dx, y2=first.y2)
+        assert frame.box.iou(truth) > 0.5, (frame.frame_index, frame.box, truth)
+        assert 0 <= frame.box.x1 < frame.box.x2 <= video.width and 0 <= frame.box.y1 < frame.box.y2 <= video.height
+
+
+def test_describe_video_reports_length_and_text(moving_word: tuple[MediaBundle, list[tuple[int, int]]]) -> None:
+    media, _ = moving_word
+    text = describe_video(media.video)
+    assert "3.0 s" in text and "6 sampled frames" in text
+    assert "'NADAL'" in text
+
+
+def test_real_video_track_stays_in_frame_and_covers_the_video() -> None:
+    video = load_video(SHARED / "media" / "videos" / "01_dog.mp4", MediaLimits(max_video_frames=6))
+    box = Box(x1=video.width * 0.35, y1=video.height * 0.35, x2=video.width * 0.65, y2=video.height * 0.65)
+    track = OpenCVTracker().track(video, 2, box)
+    assert track.frames[2 if len(track.frames) == len(video.frames) else 0].box is not None
+    indices = [f.frame_index for f in track.frames]
+    assert video.frame_indices[2] in indices and indices == sorted(indices)
+    assert len(track.frames) == len(video.frames)
+    assert track.start == pytest.approx(video.timestamps[0]) and track.end == pytest.approx(video.timestamps[-1])
+    for frame in track.frames:
+        assert 0 <= frame.box.x1 < frame.box.x2 <= video.width
+        assert 0 <= frame.box.y1 < frame.box.y2 <= video.height
+    # No text names a brand in the dog video: the tool answers NoRegion instead of inventing a track.
+    tool = make_video_tracking(max_key_frames=2)
+    [none] = tool(MediaBundle(video=video), "Coca-Cola", "ORG")
+    assert isinstance(none, NoRegion) and none.modality == "video"
+
+
+def test_missing_video_is_a_media_error() -> None:
+    with pytest.raises(MediaError, match="video"):
+        video_tracking(MediaBundle(), "anything")

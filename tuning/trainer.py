@@ -1,0 +1,301 @@
+"""One trainer for the four stages: HF `Trainer` around `ReamoModel.forward(inputs_embeds, attention_mask, labels)`.
+
+The stage decides what learns (1: LoRA; 2: projector only, encoder and LLM frozen; 3 and 4: LoRA + projector) and
+which data builders feed it. Checkpoints hold only what learns (adapter + projector, written by the atomic
+`ReamoModel.save_pretrained` into `checkpoint-N/reamo/`) plus the Trainer's optimizer / scheduler / RNG state, so
+`resume=True` continues from the latest *complete* checkpoint after a kill. The final model is
+`<output_dir>/final`, a folder `ReamoModel.from_pretrained` and `Agent.from_pretrained` load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from reamo.errors import ConfigError
+from reamo.model import ReamoConfig, ReamoModel
+from reamo.model.modeling_reamo import ADAPTER_DIR, PROJECTOR_NAME
+from reamo.tuning.collate import IGNORE, InstructionDataset, collate, expand_labels
+from reamo.tuning.config import TrainConfig
+from reamo.tuning.data import BuildOptions, InstructionExample, read_instructions, refuse_eval_split
+
+logger = logging.getLogger(__name__)
+
+FINAL_DIR = "final"
+CHECKPOINT_MODEL_DIR = "reamo"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+class ReamoForTraining(nn.Module):
+    """What the HF Trainer drives: splices media, expands labels over placeholders, returns the LM loss."""
+
+    def __init__(self, reamo: ReamoModel) -> None:
+        super().__init__()
+        self.reamo = reamo
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor,
+                media: list[dict[str, list[torch.Tensor]]] | None = None) -> dict[str, torch.Tensor]:
+        reamo = self.reamo
+        sequences, targets = [], []
+        for row, length in enumerate(lengths.tolist()):
+            ids = input_ids[row, :length].tolist()
+            row_labels = labels[row, :length].tolist()
+            features = {
+                modality: [reamo.encode_media(modality, tensor.unsqueeze(0))[0] for tensor in tensors]  # type: ignore[arg-type]
+                for modality, tensors in ((media or [{}] * len(lengths))[row] or {}).items()
+            }
+            sequences.append(reamo.embed(ids, features))
+            targets.append(expand_labels(ids, row_labels, reamo.config.tokens_per_input))
+        embeds, mask = reamo.batch_embeds(sequences, left_pad=False)
+        padded = torch.full(mask.shape, IGNORE, dtype=torch.long, device=embeds.device)
+        for row, target in enumerate(targets):
+            padded[row, : len(target)] = torch.tensor(target, device=embeds.device)
+        output = reamo.forward(embeds, mask, padded)
+        return {"loss": output.loss}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model and trainable parts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_model(config: TrainConfig) -> ReamoModel:
+    """The model to tune: the embedded default, a previous stage's folder, or a ReamoConfig; LoRA added if absent."""
+    if isinstance(config.model, ReamoConfig):
+        model = ReamoModel.from_config(config.model)
+    elif config.model in ("default", "reamo-default", "smollm2-135m-instruct"):
+        from reamo.model.embedded_default import default_config
+
+        model = ReamoModel.from_config(default_config())
+    else:
+        model = ReamoModel.from_pretrained(config.model)
+    has_lora = hasattr(model.llm, "peft_config")
+    if not has_lora and config.lora is not None and "lora" in config.trainable:
+        model.add_lora(config.lora)
+        model.config = model.config.model_copy(update={"lora": config.lora})
+    return model
+
+
+def set_trainable(model: ReamoModel, parts: list[str]) -> list[str]:
+    """Freeze everything, then unfreeze the LoRA weights and/or the projectors; returns the trainable names."""
+    model.requires_grad_(False)
+    if "lora" in parts:
+        for name, parameter in model.llm.named_parameters():
+            if "lora_" in name:
+                parameter.requires_grad_(True)
+    if "projector" in parts:
+        model.projectors.requires_grad_(True)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not names:
+        raise ConfigError(
+            f"nothing to train: train={parts} but the model has "
+            f"{'no encoder/projector' if not model.projectors else 'no LoRA adapter'}; stage 2 needs a model with "
+            "an encoder (model.encoder in the config), LoRA stages need lora settings (lora: {r: 16})"
+        )
+    return names
+
+
+def load_trainable(model: ReamoModel, folder: Path) -> None:
+    """Load the adapter and projector weights of a `save_pretrained` folder into the live (training) model."""
+    adapter = folder / ADAPTER_DIR / "adapter_model.safetensors"
+    if adapter.is_file() and hasattr(model.llm, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model.llm, load_file(str(adapter)))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ConfigError(f"{adapter} does not match this model's LoRA layout ({len(unexpected)} unexpected keys)")
+    projector = folder / PROJECTOR_NAME
+    if projector.is_file() and model.projectors:
+        model.projectors.load_state_dict(load_file(str(projector)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_examples(config: TrainConfig, model: ReamoModel) -> list[InstructionExample]:
+    """The stage's data mix from `config.data` (deterministic for a seed, so a resumed run sees the same order)."""
+    from reamo.tuning.captions import caption_examples, photo_pairs, speech_pairs
+    from reamo.tuning.data import uie_examples
+    from reamo.tuning.invocation import invocation_examples
+    from reamo.tuning.speech import speech_examples
+
+    data, stage = config.data, config.stage
+    refuse_eval_split(data.split)
+    options = BuildOptions(shuffle_labels_prob=data.shuffle_labels_prob, subset_labels_prob=data.subset_labels_prob,
+                           paraphrase_prob=data.paraphrase_prob, encoded=list(model.encoded_modalities))
+    examples: list[InstructionExample] = []
+    counts = {"gmner": data.gmner, "mnre": data.mnre, "m2e2": data.m2e2}
+    if stage == 2:
+        pairs = list(data.caption_pairs)
+        if data.photos:
+            from reamo.tuning.speech import default_speech_cache
+
+            pairs += photo_pairs(Path(data.speech_cache or default_speech_cache()).parent / "photos",
+                                 shared_images=_shared_images())
+        if data.speech:
+            pairs += speech_pairs(_sentences(data, data.speech), data.speech_cache, data.seed)
+        examples += caption_examples(pairs, data.split, data.seed)
+    elif any(counts.values()):
+        examples += uie_examples(data.split, counts, data.seed, stage, options, data.root)
+    if stage == 4 and data.invocation:
+        examples += invocation_examples(_sentences(data, data.invocation), data.split, data.seed, options=options)
+    if stage in (3, 4) and data.speech:
+        examples += speech_examples(_sentences(data, data.speech, salt="speech"), data.split, data.speech_cache,
+                                    data.seed, options=options)
+    for path in data.files:
+        examples += read_instructions(path)
+    for example in examples:
+        refuse_eval_split(example.split, f"training example {example.id}")
+    if not examples:
+        raise ConfigError(f"stage {stage}: the data section gives no examples; set counts (gmner, mnre, m2e2, "
+                          "invocation, speech), caption_pairs / photos (stage 2) or files")
+    random.Random(f"order-{data.seed}").shuffle(examples)
+    logger.info("stage %d: %d training examples", stage, len(examples))
+    return examples
+
+
+def _sentences(data: Any, count: int, salt: str = "") -> list:
+    """`count` train sentences drawn evenly from GMNER, M2E2 (with events) and MNRE (grouped by sentence)."""
+    from reamo.datasets import read_gmner, read_m2e2, read_mnre
+    from reamo.tuning.data import balance_m2e2, group_mnre, sample
+
+    share = [count // 3 + (1 if i < count % 3 else 0) for i in range(3)]
+    seed = f"{data.seed}{salt}"
+    picked = sample(read_gmner(data.split, root=data.root), share[0], seed, "inv-gmner")
+    picked += balance_m2e2(read_m2e2(data.split, root=data.root), share[1], 0.2, seed)  # type: ignore[arg-type]
+    picked += sample(group_mnre(read_mnre(data.split, root=data.root)), share[2], seed, "inv-mnre")
+    random.Random(f"sentences-{seed}").shuffle(picked)
+    return picked
+
+
+def _shared_images() -> Path:
+    from reamo.datasets import data_root
+
+    return data_root() / "media" / "images"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """Newest `checkpoint-N` whose trainer state (written last) parses and whose model folder is complete."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    found = sorted(((int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT_RE.match(p.name))), reverse=True)
+    for step, path in found:
+        try:
+            state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning("skipping incomplete checkpoint %s (no readable trainer_state.json)", path)
+            continue
+        if state.get("global_step") == step and (path / CHECKPOINT_MODEL_DIR / "reamo_config.json").is_file():
+            return path
+        logger.warning("skipping incomplete checkpoint %s", path)
+    return None
+
+
+def _trainer_class() -> type:
+    from transformers import Trainer
+
+    class ReamoTrainer(Trainer):
+        """Saves only what learns (through ReamoModel.save_pretrained) and loads it back on resume."""
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            if self.args.should_save:
+                target = Path(output_dir or self.args.output_dir) / CHECKPOINT_MODEL_DIR
+                self.accelerator.unwrap_model(self.model).reamo.save_pretrained(target)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+            folder = Path(resume_from_checkpoint) / CHECKPOINT_MODEL_DIR
+            if not (folder / "reamo_config.json").is_file():
+                raise ConfigError(f"checkpoint {resume_from_checkpoint} has no {CHECKPOINT_MODEL_DIR}/ model folder")
+            load_trainable(self.accelerator.unwrap_model(self.model).reamo, folder)
+            logger.info("resumed trainable weights from %s", folder)
+
+    return ReamoTrainer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig) -> Path:
+    """Run one stage; returns `<output_dir>/final`, the tuned model folder."""
+    from transformers import TrainingArguments, set_seed
+
+    refuse_eval_split(config.data.split)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir).expanduser()
+    model = build_model(config)
+    trainable = set_trainable(model, config.trainable)
+    logger.info("stage %d trains %s: %d tensors, %d parameters", config.stage, "+".join(config.trainable),
+                len(trainable), sum(p.numel() for p in model.parameters() if p.requires_grad))
+    if config.gradient_checkpointing:
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.llm.enable_input_require_grads()
+    dataset = InstructionDataset(model, build_examples(config, model), config.max_seq_len, config.data.media_root)
+    resume_from = None
+    if config.resume:
+        resume_from = latest_complete_checkpoint(output_dir)
+        if resume_from is None:
+            logger.info("resume: no complete checkpoint in %s, starting from step 0", output_dir)
+        else:
+            logger.info("resuming from %s", resume_from)
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.data.seed,
+        bf16=config.bf16,
+        deepspeed=config.deepspeed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        report_to=[],
+        disable_tqdm=not config.progress,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    pad_id = model.tokenizer.pad_token_id or 0
+    trainer = _trainer_class()(
+        model=ReamoForTraining(model), args=args, train_dataset=dataset,
+        data_collator=lambda batch: collate(batch, pad_id),
+    )
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    final = model.save_pretrained(output_dir / FINAL_DIR)
+    (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1), encoding="utf-8")
+    (output_dir / "train_config.json").write_text(config.model_dump_json(indent=2), encoding="utf-8")
+    logger.info("stage %d done: %s", config.stage, final)
+    return final
+
+
+def train_from_yaml(path: str | Path, stage: int | None = None, resume: bool | None = None) -> Path:
+    """What `reamo train --config PATH [--stage N] [--resume]` runs: flags override the file's keys."""
+    return train(TrainConfig.from_yaml(path, stage=stage, resume=True if resume else None))
