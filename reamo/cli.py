@@ -179,5 +179,14 @@ def demo(
     console.print(f"demo finished: {len(written)} files in {out}")
 
 
+def _register_subcommands() -> None:
+    from reamo.kg.cli import kg_app
+
+    app.add_typer(kg_app, name="kg")
+
+
+_register_subcommands()
+
+
 if __name__ == "__main__":
     app()

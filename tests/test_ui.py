@@ -40,12 +40,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 NASA_TEXT = "NASA astronaut Eileen Collins poses before the shuttle mission."
+FAILURE_WORD = "kaboom"
 
 
 class ScriptedLLM:
     """Stands in for the LLM only: answers each prompt with its request text's capitalized phrases, in the protocol.
 
     Two-word phrases are PER, all-caps words ORG, others LOC; the first two phrases get a `peer` relation.
+    A text containing FAILURE_WORD raises, like a model that breaks mid-request.
     """
 
     encoded_modalities: tuple[str, ...] = ()
@@ -56,6 +58,8 @@ class ScriptedLLM:
         return content if isinstance(content, str) else content[-1]["text"]
 
     def generate(self, prompts: list[str], media: Any = None, max_new_tokens: int = 0, max_time: Any = None) -> list[str]:
+        if any(FAILURE_WORD in prompt for prompt in prompts):
+            raise RuntimeError("CUDA error: device-side assert triggered (simulated)")
         return [self.answer(prompt.rsplit("Text: ", 1)[-1]) for prompt in prompts]
 
     @staticmethod
@@ -188,6 +192,26 @@ def test_api_bad_upload_is_an_error_and_the_server_keeps_answering(server: str, 
     assert [e["text"] for e in data["entities"]] == ["Anna Berg", "Oslo"]
 
 
+def test_chat_shows_model_failure_and_oversized_upload_as_messages(server: str, tmp_path: Path) -> None:
+    client = gradio_client.Client(server, verbose=False)
+
+    def chat(text: str) -> list[dict[str, Any]]:
+        outputs = client.predict({"text": text, "files": []}, [], ["ner"], "", api_name="/chat")
+        return outputs[0]
+
+    history = chat(f"Anna Berg said {FAILURE_WORD}.")
+    assert [m["role"] for m in history] == ["user", "assistant", "assistant"]
+    failure = json.dumps(history[-1]["content"])
+    assert "The model failed on this request" in failure and "RuntimeError" in failure
+    assert "Found 2 entities" in json.dumps(chat("Anna Berg smiles in Oslo.")[-1]["content"])
+
+    big = tmp_path / "huge.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(6_000_000))  # over the fixture's max_file_size of 5 MB
+    with pytest.raises(Exception, match=r"(?i)too large|size"):
+        client.predict("Anna Berg.", gradio_client.handle_file(str(big)), ["ner"], "", api_name="/extract")
+    assert chat("Anna Berg smiles in Oslo.")[-1]["role"] == "assistant"
+
+
 def test_mounted_in_fastapi(photo: Path) -> None:
     fastapi = pytest.importorskip("fastapi")
     uvicorn = pytest.importorskip("uvicorn")
@@ -308,3 +332,28 @@ def test_default_model_end_to_end_through_the_api(photo: Path) -> None:
     for entity in result.entities:  # whatever the small model found lies in the text and was grounded
         assert entity.span is not None and NASA_TEXT[entity.span.start:entity.span.end] == entity.text
         assert entity.grounding("image") is not None
+
+
+def test_audio_clips_video_frames_and_duration_limits(tmp_path: Path) -> None:
+    """Speech (espeak-ng) -> entity clips cut at their time spans; video -> frames with the tracked boxes drawn."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    examples = {e.label: e for e in build_examples(tmp_path)}
+    speech = examples["Speech (espeak-ng)"]
+    outcome = list(run_request(ScriptedAgent(), speech.text, [speech.file], ["ner"]))[-1]
+    clips = dict(views.audio_clips(outcome.media, outcome.result))
+    nadal = next(label for label in clips if label.startswith("Rafael Nadal (PER)"))
+    rate, samples = clips[nadal]
+    assert rate == 16000 and samples.dtype.name == "int16" and 0.3 < len(samples) / rate < 2.0
+    assert views.wav_bytes(rate, samples)[:4] == b"RIFF"
+
+    video = examples["Video + Reuters banner"]
+    outcome = list(run_request(ScriptedAgent(), video.text, [video.file], ["ner"]))[-1]
+    frames = views.video_frames(outcome.media, outcome.result)
+    assert frames and all("Reuters" in caption for _, caption in frames)
+    assert frames[0][0].size == (outcome.media.video.width, outcome.media.video.height)
+
+    short = UI_LIMITS.model_copy(update={"max_audio_seconds": 1.0, "max_video_seconds": 1.0})
+    for example in (speech, video):
+        with pytest.raises(MediaError, match=r"(?i)second|long"):
+            list(run_request(ScriptedAgent(), example.text, [example.file], ["ner"], limits=short))

@@ -287,6 +287,7 @@ def build_app(
                       concurrency_limit=concurrency_limit, concurrency_id="extract")
     app.queue(max_size=64, default_concurrency_limit=concurrency_limit)
     app.reamo_examples = examples  # type: ignore[attr-defined] - for callers and tests
+    app.reamo_holder = holder  # type: ignore[attr-defined]
     return app
 
 
@@ -334,9 +335,8 @@ def launch(
     """
     from reamo.agent import Agent
 
-    holder_factory = lambda: Agent.from_pretrained(model, **agent_settings)  # noqa: E731
-    holder = AgentHolder(holder_factory)
-    app = build_app(holder.get, concurrency_limit=concurrency_limit)
+    app = build_app(lambda: Agent.from_pretrained(model, **agent_settings), concurrency_limit=concurrency_limit)
+    holder: AgentHolder = app.reamo_holder  # type: ignore[attr-defined]
     threading.Thread(target=holder.get, name="reamo-ui-warmup", daemon=True).start()
     app.launch(
         server_name=host, server_port=port, share=share, max_file_size=max_file_size,
