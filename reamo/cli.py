@@ -179,6 +179,22 @@ def demo(
     console.print(f"demo finished: {len(written)} files in {out}")
 
 
+@app.command()
+def ui(
+    model: str = typer.Option("default", "--model", "-m"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (127.0.0.1 = this machine only)."),
+    port: int = typer.Option(7860, "--port"),
+    share: bool = typer.Option(False, "--share", help="Ask Gradio for a public share link."),
+) -> None:
+    """Start the Gradio chat UI."""
+    try:
+        from reamo.ui import launch
+
+        launch(model=model, host=host, port=port, share=share)
+    except ReamoError as err:
+        _fail(str(err))
+
+
 def _register_subcommands() -> None:
     from reamo.kg.cli import kg_app
 

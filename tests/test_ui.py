@@ -25,15 +25,21 @@ import pytest
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from reamo.agent import Agent, AgentSettings  # noqa: E402
-from reamo.demo import make_banner_photo  # noqa: E402
-from reamo.schema import ImageRegion, Result  # noqa: E402
-from reamo.ui import views  # noqa: E402
-from reamo.ui.app import build_app, mount  # noqa: E402
-from reamo.ui.examples import build_examples  # noqa: E402
-from reamo.errors import MediaError  # noqa: E402
-from reamo.ui.pipeline import (  # noqa: E402
-    UI_LIMITS, Outcome, Stage, load_upload, parse_labels, parse_tasks, run_request,
+from reamo.agent import Agent, AgentSettings
+from reamo.demo import make_banner_photo
+from reamo.errors import MediaError
+from reamo.schema import ImageRegion, Result
+from reamo.ui import views
+from reamo.ui.app import build_app, mount
+from reamo.ui.examples import build_examples
+from reamo.ui.pipeline import (
+    UI_LIMITS,
+    Outcome,
+    Stage,
+    load_upload,
+    parse_labels,
+    parse_tasks,
+    run_request,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -195,8 +201,11 @@ def test_api_bad_upload_is_an_error_and_the_server_keeps_answering(server: str, 
 def test_chat_shows_model_failure_and_oversized_upload_as_messages(server: str, tmp_path: Path) -> None:
     client = gradio_client.Client(server, verbose=False)
 
+    details: list[Any] = []
+
     def chat(text: str) -> list[dict[str, Any]]:
         outputs = client.predict({"text": text, "files": []}, [], ["ner"], "", api_name="/chat")
+        details.append(outputs[9])  # the "Tool calls and details" JSON
         return outputs[0]
 
     history = chat(f"Anna Berg said {FAILURE_WORD}.")
@@ -204,6 +213,7 @@ def test_chat_shows_model_failure_and_oversized_upload_as_messages(server: str, 
     failure = json.dumps(history[-1]["content"])
     assert "The model failed on this request" in failure and "RuntimeError" in failure
     assert "Found 2 entities" in json.dumps(chat("Anna Berg smiles in Oslo.")[-1]["content"])
+    assert details[-1]["raw_output"].startswith("Entities: (Anna Berg, PER)(Oslo, LOC)")
 
     big = tmp_path / "huge.png"
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(6_000_000))  # over the fixture's max_file_size of 5 MB

@@ -488,7 +488,11 @@ def default_transcriber() -> WhisperTranscriber:
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
-            _DEFAULT = WhisperTranscriber()
+            # Whisper's language detection misfires on short clips (a 3 s English sentence came out as Thai);
+            # the default LLM reads English, so the default asks for English unless REAMO_ASR_LANGUAGE says otherwise
+            # ("auto" = detect).
+            language = os.environ.get("REAMO_ASR_LANGUAGE", "en")
+            _DEFAULT = WhisperTranscriber(language=None if language == "auto" else language)
         return _DEFAULT
 
 

@@ -156,7 +156,7 @@ def build_app(
                     yield (history, gr.skip(), *[gr.skip()] * 9)
                 else:
                     outcome = item
-        except Exception as error:  # noqa: BLE001 - every failure must reach the user as a message
+        except Exception as error:
             if not isinstance(error, ReamoError):
                 logger.exception("request failed")
             progress["metadata"] = {"title": "stopped", "status": "done"}
@@ -208,7 +208,7 @@ def build_app(
             outcome = extract_once(holder.get(), text or "", [file] if file else [], tasks or [], labels, limits)
         except ReamoError as error:
             raise gr.Error(str(error), title=type(error).__name__) from error
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             logger.exception("API request failed")
             raise gr.Error(error_message(error).replace("⚠️ ", "").replace("**", "")) from error
         return json.loads(outcome.result.model_dump_json())
@@ -248,8 +248,9 @@ def build_app(
                                          column_widths=["10%", "10%", "24%", "12%", "44%"])
                     image = gr.AnnotatedImage(label="Image groundings (masks and boxes)", visible=False,
                                               height=520, elem_id="reamo-image")
-                    waveform = gr.Image(label="Audio: entity time spans", type="pil", visible=False,
-                                        interactive=False, elem_id="reamo-waveform")
+                    # no label badge: it would cover the first span's label drawn at the top-left
+                    waveform = gr.Image(label="Audio: entity time spans", show_label=False, type="pil",
+                                        visible=False, interactive=False, elem_id="reamo-waveform")
                     clip_choice = gr.Dropdown(label="Play an entity's clip", visible=False, elem_id="reamo-clips")
                     clip_audio = gr.Audio(label="Entity clip", type="filepath", visible=False, interactive=False)
                     gallery = gr.Gallery(label="Video: tracked frames", visible=False, columns=3, height="auto",
