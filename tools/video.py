@@ -8,6 +8,7 @@ tracker, built into every OpenCV wheel; `reamo.tools.sam2_backend.Sam2VideoTrack
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,6 +28,7 @@ from reamo.media import LoadedImage, LoadedVideo, MediaBundle
 from reamo.schema import Box, Grounding, ImageRegion, NoRegion, Track, TrackFrame
 
 logger = logging.getLogger(__name__)
+_SINGLE_THREAD_CV = threading.Lock()
 
 
 @runtime_checkable
@@ -64,6 +66,19 @@ class OpenCVTracker:
         return cv2.TrackerMIL_create(params)
 
     def _follow(self, frames: np.ndarray, indices: list[int], box: Box, scale: float) -> dict[int, Box]:
+        import cv2
+
+        # MIL draws random samples inside OpenCV's parallel loops, whose worker threads each have their own RNG:
+        # with several threads the track depends on scheduling. One thread + a fixed seed = same input, same track.
+        with _SINGLE_THREAD_CV:
+            previous = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                return self._follow_mil(frames, indices, box, scale)
+            finally:
+                cv2.setNumThreads(previous)
+
+    def _follow_mil(self, frames: np.ndarray, indices: list[int], box: Box, scale: float) -> dict[int, Box]:
         import cv2
 
         first = frames[indices[0]]
