@@ -195,6 +195,23 @@ def ui(
         _fail(str(err))
 
 
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="Stage config YAML (see tuning/configs/)."),
+    stage: Optional[int] = typer.Option(None, "--stage", min=1, max=4, help="Override the config's stage."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint."),
+) -> None:
+    """Tune a Reamo model: one of the four stages, from a YAML config."""
+    _check_file(config, "--config")
+    try:
+        from reamo.tuning.trainer import train_from_yaml
+
+        final = train_from_yaml(config, stage=stage, resume=resume or None)
+    except ReamoError as err:
+        _fail(str(err))
+    console.print(f"trained model written to {final}")
+
+
 def _register_subcommands() -> None:
     from reamo.kg.cli import kg_app
 
