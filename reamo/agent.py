@@ -26,7 +26,7 @@ from reamo.media import (
     load_video,
 )
 from reamo.model import ReamoModel
-from reamo.model.embedded_default import DEFAULT_NAMES, default_config
+from reamo.model.embedded_default import BASE_NAMES, DEFAULT_NAMES, load_default_model
 from reamo.prompting import MODULE_FOR_MODALITY, build_messages, resolve_labels
 from reamo.protocol import parse
 from reamo.schema import ALL_TASKS, Labels, Problem, Result, Task, ToolCall
@@ -77,11 +77,14 @@ class Agent:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "default", **settings: Any) -> "Agent":
-        """'default' = the embedded default (offline, CPU); otherwise a folder from `ReamoModel.save_pretrained`."""
-        if name_or_path in DEFAULT_NAMES:
-            model = ReamoModel.from_config(default_config())
+        """'default' = the embedded default (offline, CPU; tuned adapter when shipped), 'default-base' = its untuned
+        base prompted few-shot; otherwise a folder written by `ReamoModel.save_pretrained`."""
+        if name_or_path in DEFAULT_NAMES or name_or_path in BASE_NAMES:
+            model, tuned = load_default_model(tuned=name_or_path in DEFAULT_NAMES)
+            settings.setdefault("few_shot", not tuned)  # a tuned model is prompted as it was trained
         else:
             model = ReamoModel.from_pretrained(name_or_path)
+            settings.setdefault("few_shot", False)
         return cls(model, settings=AgentSettings(**settings))
 
     # -- media -----------------------------------------------------------------------------------------------------

@@ -212,6 +212,47 @@ def train(
     console.print(f"trained model written to {final}")
 
 
+@app.command("eval")
+def evaluate(
+    data: str = typer.Argument(..., help="gmner:dev | mnre:val | m2e2:dev | a jsonl file of examples"),
+    model: str = typer.Option("default", "--model", "-m", help="'default', a model folder, 'spacy' or 'majority'."),
+    out: Path = typer.Option(Path("reamo-eval"), "--out", "-o"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N examples."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Score the baselines in the same run."),
+    image_dir: Optional[Path] = typer.Option(None, "--image-dir", help="Folder with the dataset's images, if you have them."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
+) -> None:
+    """Score a model (and baselines) on a dataset; resumable; writes report.md, scores.json and plots."""
+    try:
+        from reamo.eval.runner import evaluate_model
+
+        evaluate_model(data, model=model, out_dir=out, limit=limit, baselines=baselines, image_dir=image_dir,
+                       max_new_tokens=max_new_tokens)
+    except ReamoError as err:
+        _fail(str(err))
+    report = out / "report.md"
+    if report.is_file():
+        console.print(report.read_text(encoding="utf-8"))
+
+
+@app.command()
+def bench(
+    model: str = typer.Option("default", "--model", "-m"),
+    out: Path = typer.Option(Path("reamo-bench"), "--out", "-o"),
+    repeats: int = typer.Option(3, "--repeats", min=1),
+    quick: bool = typer.Option(False, "--quick", help="One repeat, few tokens: a smoke run."),
+    load: bool = typer.Option(True, "--load/--no-load", help="Also time cold and cached model loading."),
+    gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Also run the CUDA section when a GPU is present."),
+) -> None:
+    """Speed and memory: latency per input kind, load time, tokens/s, batching, peak RSS (bench.md + bench.json)."""
+    from reamo.eval.bench import run_bench
+
+    run_bench(model=model, out_dir=out, repeats=repeats, quick=quick, load=load, gpu=gpu)
+    table = out / "bench.md"
+    if table.is_file():
+        console.print(table.read_text(encoding="utf-8"))
+
+
 def _register_subcommands() -> None:
     from reamo.kg.cli import kg_app
 

