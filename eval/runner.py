@@ -24,7 +24,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from reamo.eval.scoring import EvalReport, score_system
 from tqdm.auto import tqdm
 
-from reamo.datasets import SPLITS, DatasetError, Example, read_dataset, read_jsonl
+from reamo.datasets import (
+    GMNER_ENTITY_TYPES,
+    M2E2_ENTITY_TYPES,
+    M2E2_EVENT_TYPES,
+    MNRE_RELATION_TYPES,
+    SPLITS,
+    DatasetError,
+    Example,
+    read_dataset,
+    read_jsonl,
+)
 from reamo.schema import Labels, Problem, Result, Task
 
 logger = logging.getLogger(__name__)
@@ -33,13 +43,7 @@ Predictor = Callable[[Example], Result]
 DEFAULT_SPLIT = {"gmner": "dev", "mnre": "val", "m2e2": "dev"}
 
 # MNRE's label set, most frequent first on train (fixed by the release; "None" = no relation).
-MNRE_RELATIONS = [
-    "/per/per/peer", "/per/org/member_of", "/loc/loc/contain", "/per/misc/present_in", "/org/loc/locate_at",
-    "/per/loc/place_of_residence", "/misc/loc/held_on", "/org/org/subsidiary", "/per/per/alternate_names",
-    "/per/per/couple", "/per/misc/nationality", "/misc/misc/part_of", "/org/org/alternate_names",
-    "/per/loc/place_of_birth", "/per/misc/awarded", "/per/per/charges", "/per/per/parent", "/per/per/siblings",
-    "/per/per/neighbor", "/per/per/alumi", "/per/misc/religion", "/per/misc/race",
-]
+MNRE_RELATIONS = MNRE_RELATION_TYPES
 
 
 def _aliases(labels: Sequence[str]) -> dict[str, str]:
@@ -52,11 +56,7 @@ def _aliases(labels: Sequence[str]) -> dict[str, str]:
 
 
 MNRE_RELATION_ALIASES = _aliases(MNRE_RELATIONS)
-ACE_ENTITY_TYPES = ["PER", "ORG", "GPE", "LOC", "FAC", "VEH", "WEA"]
-M2E2_EVENT_TYPES = [
-    "Conflict:Attack", "Movement:Transport", "Life:Die", "Justice:Arrest-Jail", "Contact:Meet",
-    "Conflict:Demonstrate", "Contact:Phone-Write", "Transaction:Transfer-Money",
-]
+ACE_ENTITY_TYPES = M2E2_ENTITY_TYPES
 
 
 class DatasetSpec(BaseModel):
@@ -70,10 +70,11 @@ class DatasetSpec(BaseModel):
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "gmner": DatasetSpec(tasks=("ner",), labels=Labels(entity_types=["PER", "LOC", "ORG", "OTHER"])),
+    "gmner": DatasetSpec(tasks=("ner",), labels=Labels(entity_types=GMNER_ENTITY_TYPES)),
     "mnre": DatasetSpec(
         tasks=("re",),
-        labels=Labels(relation_types=list(dict.fromkeys(r.rsplit("/", 1)[-1] for r in MNRE_RELATIONS))),
+        # the full MNRE labels, as the default was tuned on them; short names the model may write map back
+        labels=Labels(entity_types=GMNER_ENTITY_TYPES, relation_types=MNRE_RELATION_TYPES),
         relation_aliases=MNRE_RELATION_ALIASES,
     ),
     "m2e2": DatasetSpec(tasks=("ner", "ee"), labels=Labels(entity_types=ACE_ENTITY_TYPES,

@@ -44,6 +44,23 @@ from reamo.schema import Argument, Box, Entity, Event, ImageRegion, Mention, NoR
 
 logger = logging.getLogger(__name__)
 
+# Label sets of the three datasets: the single source for training prompts (reamo.tuning) and evaluation
+# prompts (reamo.eval), so a tuned model is always asked with the labels it was trained on.
+GMNER_ENTITY_TYPES = ["PER", "ORG", "LOC", "OTHER"]
+M2E2_ENTITY_TYPES = ["PER", "ORG", "GPE", "LOC", "FAC", "VEH", "WEA", "VALUE"]
+M2E2_EVENT_TYPES = [
+    "Conflict:Attack", "Movement:Transport", "Life:Die", "Justice:Arrest-Jail", "Contact:Meet",
+    "Conflict:Demonstrate", "Contact:Phone-Write", "Transaction:Transfer-Money",
+]
+MNRE_RELATION_TYPES = [  # most frequent first (MNRE train)
+    "/per/per/peer", "/per/org/member_of", "/loc/loc/contain", "/per/misc/present_in", "/org/loc/locate_at",
+    "/per/loc/place_of_residence", "/misc/loc/held_on", "/org/org/subsidiary", "/per/per/alternate_names",
+    "/per/per/couple", "/per/misc/nationality", "/misc/misc/part_of", "/org/org/alternate_names",
+    "/per/loc/place_of_birth", "/per/misc/awarded", "/per/per/charges", "/per/per/parent", "/per/per/siblings",
+    "/per/per/neighbor", "/per/per/alumi", "/per/misc/religion", "/per/misc/race",
+]
+
+
 Source = Literal["gmner", "mnre", "m2e2"]
 DATA_DIR_ENV = "REAMO_DATA_DIR"
 MNRE_ENTITY_TYPE = "ENTITY"

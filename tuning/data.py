@@ -28,7 +28,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from reamo.datasets import Example, read_gmner, read_m2e2, read_mnre
+from reamo.datasets import (
+    GMNER_ENTITY_TYPES,
+    M2E2_ENTITY_TYPES,
+    M2E2_EVENT_TYPES,
+    MNRE_RELATION_TYPES,
+    Example,
+    read_gmner,
+    read_m2e2,
+    read_mnre,
+)
 from reamo.errors import ConfigError
 from reamo.prompting import MODULE_FOR_MODALITY, build_messages
 from reamo.protocol import serialize
@@ -37,19 +46,6 @@ from reamo.schema import Entity, Event, ImageRegion, Labels, Relation, ToolCall
 logger = logging.getLogger(__name__)
 
 MODALITY_ORDER = ("image", "video", "audio")  # the agent's order for placeholders and context lines
-GMNER_ENTITY_TYPES = ["PER", "ORG", "LOC", "OTHER"]
-M2E2_ENTITY_TYPES = ["PER", "ORG", "GPE", "LOC", "FAC", "VEH", "WEA", "VALUE"]
-M2E2_EVENT_TYPES = [
-    "Conflict:Attack", "Movement:Transport", "Life:Die", "Justice:Arrest-Jail", "Contact:Meet",
-    "Conflict:Demonstrate", "Contact:Phone-Write", "Transaction:Transfer-Money",
-]
-MNRE_RELATION_TYPES = [
-    "/per/per/peer", "/per/org/member_of", "/loc/loc/contain", "/per/misc/present_in", "/org/loc/locate_at",
-    "/per/loc/place_of_residence", "/misc/loc/held_on", "/org/org/subsidiary", "/per/per/alternate_names",
-    "/per/per/couple", "/per/misc/nationality", "/misc/misc/part_of", "/org/org/alternate_names",
-    "/per/loc/place_of_birth", "/per/misc/awarded", "/per/per/charges", "/per/per/parent", "/per/per/siblings",
-    "/per/per/neighbor", "/per/per/alumi", "/per/misc/religion", "/per/misc/race",
-]
 # Paraphrases of the system prompt's first line; the rest (format lines, label lists) is never changed.
 INSTRUCTION_VARIANTS = [
     "Extract information from the user's input and answer only in this format, one line each:",  # inference wording
