@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -127,6 +128,22 @@ class Agent:
         max_new_tokens: int | None = None,
     ) -> Result:
         """Extract entities / relations / events from the inputs and ground each entity in the given media."""
+        for step in self.extract_steps(text, image, audio, video, tasks, labels, max_new_tokens):
+            if isinstance(step, Result):
+                return step
+        raise AssertionError("extract_steps ends with a Result")  # pragma: no cover
+
+    def extract_steps(
+        self,
+        text: str | None = None,
+        image: Any = None,
+        audio: Any = None,
+        video: Any = None,
+        tasks: tuple[Task, ...] | list[Task] | str = ALL_TASKS,
+        labels: Labels | dict[str, list[str]] | list[str] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str | Result]:
+        """`extract` as a generator: a short message before each stage (for progress in UIs), then the Result."""
         tasks = _resolve_tasks(tasks)
         text = text or ""
         if not text.strip() and image is None and audio is None and video is None:
@@ -137,6 +154,9 @@ class Agent:
         timings["load_media"] = time.perf_counter() - started
 
         mark = time.perf_counter()
+        given = [m for m in ("image", "video", "audio") if getattr(media, m) is not None]
+        if given:
+            yield f"reading the {' and '.join(given)}..."
         if not text.strip() and media.audio is not None and "audio" not in self.model.encoded_modalities:
             # speech-only input: the transcript is the text that spans point into
             from reamo.tools.audio import default_transcriber
@@ -145,12 +165,12 @@ class Agent:
             timings["transcribe"] = time.perf_counter() - mark
         placeholders, features, context = self.media_inputs(media)
         timings["media_context"] = time.perf_counter() - mark
-        given = [m for m in ("image", "video", "audio") if getattr(media, m) is not None]
         messages = build_messages(
             text, context, tasks, resolve_labels(labels), placeholders, self.settings.few_shot, given
         )
         prompt = self.model.render_prompt(messages)
 
+        yield "extracting entities, relations and events..."
         mark = time.perf_counter()
         raw = self.model.generate(
             [prompt],
@@ -159,8 +179,9 @@ class Agent:
             max_time=self.settings.max_time_s,
         )[0]
         timings["generate"] = time.perf_counter() - mark
-
-        return self.finish(raw, text, tasks, media, context, timings, started)
+        if given:
+            yield f"grounding entities in the {' and '.join(given)}..."
+        yield self.finish(raw, text, tasks, media, context, timings, started)
 
     def finish(
         self,

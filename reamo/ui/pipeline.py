@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict
 
 from reamo.errors import ConfigError, MediaError
 from reamo.media import MediaBundle, MediaLimits, load_audio, load_image, load_video
-from reamo.prompting import build_messages, resolve_labels
 from reamo.schema import ALL_TASKS, Result, Task
 
 logger = logging.getLogger(__name__)
@@ -29,13 +28,6 @@ UI_LIMITS = MediaLimits(
     max_bytes=50_000_000, max_audio_seconds=120.0, max_video_seconds=60.0, max_video_frames=32
 )
 """Tighter than the library defaults: a shared CPU demo server should answer each request in seconds."""
-
-_DESCRIBE_STAGE = {
-    "image": "reading the image (text, faces, people)...",
-    "video": "reading the video's key frames...",
-    "audio": "transcribing audio...",
-}
-
 
 class Stage(BaseModel):
     """A progress report: the step that is starting now."""
@@ -150,34 +142,17 @@ def run_request(
     media, notes = load_uploads(files, limits)
     timings["load_media"] = time.perf_counter() - started
 
-    mark = time.perf_counter()
-    for modality in ("image", "video", "audio"):
-        if getattr(media, modality) is not None:
-            yield Stage(message=_DESCRIBE_STAGE[modality])
-    if not text and media.audio is not None and "audio" not in agent.model.encoded_modalities:
-        # speech-only input: the transcript is the text that spans point into (as in Agent.extract)
-        from reamo.tools.audio import default_transcriber
-
-        text = default_transcriber().transcribe(media.audio).text.strip()
-        timings["transcribe"] = time.perf_counter() - mark
-    placeholders, features, context = agent.media_inputs(media)
-    timings["media_context"] = time.perf_counter() - mark
-
-    yield Stage(message="extracting entities, relations and events...")
-    given = media.modalities
-    messages = build_messages(
-        text, context, chosen, resolve_labels(parse_labels(labels)), placeholders, agent.settings.few_shot, given
-    )
-    prompt = agent.model.render_prompt(messages)
-    mark = time.perf_counter()
-    raw = agent.model.generate(
-        [prompt], [features], max_new_tokens=agent.settings.max_new_tokens, max_time=agent.settings.max_time_s
-    )[0]
-    timings["generate"] = time.perf_counter() - mark
-
-    if given:
-        yield Stage(message=f"grounding entities in the {' and '.join(given)}...")
-    result = agent.finish(raw, text, chosen, media, context, timings, started)
+    result: Result | None = None
+    for step in agent.extract_steps(
+        text=text, image=media.image, audio=media.audio, video=media.video, tasks=chosen,
+        labels=parse_labels(labels),
+    ):
+        if isinstance(step, Result):
+            result = step
+        else:
+            yield Stage(message=step)
+    assert result is not None
+    result.timings["load_media"] = timings["load_media"]
     yield Outcome(result=result, media=media, seconds=time.perf_counter() - started, notes=notes)
 
 
