@@ -445,8 +445,9 @@ def read_dataset(source: Source, split: str, root: str | os.PathLike[str] | None
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def write_jsonl(examples: Iterable[Example], path: str | os.PathLike[str]) -> int:
-    """Write one Example JSON per line, atomically (temp file in the same folder, then rename); returns the count."""
+def write_jsonl(examples: Iterable[BaseModel], path: str | os.PathLike[str]) -> int:
+    """Write one record (Example or any pydantic model) JSON per line, atomically (temp file in the same folder,
+    then rename); returns the count."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from reamo.agent import Agent, AgentSettings
+from reamo.agent import Agent
 from reamo.errors import ConfigError
 from reamo.media import MediaBundle, load_audio
 from reamo.model import ReamoConfig, ReamoModel

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from reamo.datasets import read_gmner, read_m2e2, read_mnre
 from reamo.errors import ConfigError
-from reamo.model import LoraSettings, ReamoConfig, ReamoModel
+from reamo.model import ReamoConfig, ReamoModel
 from reamo.model.imagebind_encoder import ImageBindEncoder, ImageBindEncoderConfig
 from reamo.protocol import parse
 from reamo.tuning import TrainConfig, write_instructions

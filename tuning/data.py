@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from reamo.datasets import (
     read_gmner,
     read_m2e2,
     read_mnre,
+    write_jsonl,
 )
 from reamo.errors import ConfigError
 from reamo.prompting import MODULE_FOR_MODALITY, build_messages
@@ -320,21 +320,7 @@ def uie_examples(
 
 def write_instructions(examples: Iterable[InstructionExample], path: str | os.PathLike[str]) -> int:
     """One InstructionExample JSON per line, written atomically; returns the count."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",
-                                         suffix=".tmp", delete=False)
-    count = 0
-    try:
-        with handle:
-            for example in examples:
-                handle.write(example.model_dump_json() + "\n")
-                count += 1
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return count
+    return write_jsonl(examples, path)
 
 
 def read_instructions(path: str | os.PathLike[str]) -> list[InstructionExample]:
