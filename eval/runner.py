@@ -323,8 +323,11 @@ def run_eval(
     image_dir: str | os.PathLike[str] | None = None,
     name: str | None = None,
     plots: bool = True,
+    speech: bool = False,
 ) -> EvalReport:
     """Predict, score and report one dataset. `agent`: a `reamo.Agent` or any callable `Example -> Result`.
+
+    `speech`: the speech version: each sentence spoken with espeak-ng, the agent given the audio alone.
 
     Writes into `out_dir`: predictions/<system>.jsonl (resumable), report.md, scores.json and PNG plots.
     `baselines`: True for `default_baselines(source)`, False for none, or a dict name -> predictor.
@@ -341,7 +344,12 @@ def run_eval(
 
     if hasattr(agent, "extract"):
         spec = DATASETS.get(source, DatasetSpec(tasks=tuple(examples[0].gold.tasks)))
-        main: Predictor = AgentPredictor(agent, spec, image_dir, name=name or "reamo")
+        if speech:
+            from reamo.eval.speech import SpeechPredictor
+
+            main: Predictor = SpeechPredictor(agent, spec, out / "speech", name=name or "reamo-speech")
+        else:
+            main = AgentPredictor(agent, spec, image_dir, name=name or "reamo")
     else:
         main = agent
     main_name = name or predictor_name(main)
@@ -379,6 +387,7 @@ def evaluate_model(
     baselines: bool = True,
     image_dir: str | os.PathLike[str] | None = None,
     max_new_tokens: int | None = None,
+    speech: bool = False,
 ) -> EvalReport:
     """The `reamo eval` entry: `model` is "default", a saved model folder, or a baseline name ("spacy",
     "majority") to score a baseline on its own."""
@@ -393,4 +402,4 @@ def evaluate_model(
 
     settings = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     agent = Agent.from_pretrained(model, **settings)
-    return run_eval(data, agent, out_dir, limit=limit, baselines=baselines, image_dir=image_dir)
+    return run_eval(data, agent, out_dir, limit=limit, baselines=baselines, image_dir=image_dir, speech=speech)

@@ -158,3 +158,24 @@ def test_mnre_short_relation_names_map_back() -> None:
     assert MNRE_RELATION_ALIASES["member_of"] == "/per/org/member_of"
     assert MNRE_RELATION_ALIASES["alternate_names"] == "/per/per/alternate_names"  # the more frequent one
     assert MNRE_RELATION_ALIASES["/org/org/alternate_names"] == "/org/org/alternate_names"
+
+
+def test_speech_version_realigns_mentions_onto_the_written_sentence() -> None:
+    from reamo.eval.speech import realign
+    from reamo.schema import Entity, Mention, Relation, TextSpan, TimeSpan
+
+    written = "Rafael Nadal gets engaged to Mery Perello in Mallorca"
+    heard = Result(
+        text="rafael nadal gets engaged to murray perrello in mallorca",
+        entities=[
+            Entity(text="rafael nadal", type="PER", span=TextSpan(start=0, end=12),
+                   groundings=[TimeSpan(start=0.4, end=0.9)]),
+            Entity(text="murray perrello", type="PER", span=TextSpan(start=29, end=44)),
+        ],
+        relations=[Relation(head=Mention(text="rafael nadal"), type="couple", tail=Mention(text="Mallorca"))],
+    )
+    moved = realign(heard, written)
+    assert moved.text == written
+    assert moved.entities[0].span == TextSpan(start=0, end=12) and moved.entities[0].groundings  # time span kept
+    assert moved.entities[1].span is None  # ASR got the name wrong: it cannot count as correct
+    assert moved.relations[0].tail.span == TextSpan(start=45, end=53)

@@ -1,0 +1,58 @@
+"""The speech version of a dataset, as the MUIE benchmark built its audio sets: each sentence spoken by espeak-ng
+(voice and speed varied), the agent given the audio alone, and its extractions scored against the written gold.
+
+The agent's spans point into its own transcript; `realign` moves every mention onto the gold sentence (by text),
+so exact scoring asks that the entity text came through ASR correctly, while its audio time span stays attached.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from reamo.alignment import find_span
+from reamo.datasets import Example
+from reamo.schema import Mention, Result
+
+
+def realign(result: Result, text: str) -> Result:
+    """A copy of `result` whose mentions carry spans into `text` (None where `text` lacks them)."""
+
+    def moved(mention: Mention) -> Mention:
+        return mention.model_copy(update={"span": find_span(text, mention.text)})
+
+    return result.model_copy(
+        update={
+            "text": text,
+            "entities": [e.model_copy(update={"span": find_span(text, e.text)}) for e in result.entities],
+            "relations": [r.model_copy(update={"head": moved(r.head), "tail": moved(r.tail)}) for r in result.relations],
+            "events": [
+                e.model_copy(update={
+                    "trigger": moved(e.trigger),
+                    "arguments": [a.model_copy(update={"entity": moved(a.entity)}) for a in e.arguments],
+                })
+                for e in result.events
+            ],
+        }
+    )
+
+
+class SpeechPredictor:
+    """Speaks each example (cached WAVs) and runs the agent on the audio alone."""
+
+    def __init__(self, agent: Any, spec: Any, cache_dir: str | os.PathLike[str], name: str = "reamo-speech") -> None:
+        self.agent = agent
+        self.spec = spec
+        self.cache_dir = Path(cache_dir)
+        self.name = name
+
+    def __call__(self, example: Example) -> Result:
+        from reamo.tuning.speech import speech_clips
+
+        clip = speech_clips([example], cache_dir=self.cache_dir)[0]
+        result = self.agent.extract(audio=clip.path, tasks=self.spec.tasks, labels=self.spec.labels)
+        if self.spec.relation_aliases:
+            for relation in result.relations:
+                relation.type = self.spec.relation_aliases.get(relation.type.strip(), relation.type)
+        return realign(result, example.text)
