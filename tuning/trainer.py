@@ -11,21 +11,28 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from reamo.tuning.collate import IGNORE, InstructionDataset, collate, expand_labels
+from reamo.tuning.config import TrainConfig
+from reamo.tuning.data import (
+    BuildOptions,
+    InstructionExample,
+    read_instructions,
+    refuse_eval_split,
+)
 from safetensors.torch import load_file
 from torch import nn
 
 from reamo.errors import ConfigError
 from reamo.model import ReamoConfig, ReamoModel
 from reamo.model.modeling_reamo import ADAPTER_DIR, PROJECTOR_NAME
-from reamo.tuning.collate import IGNORE, InstructionDataset, collate, expand_labels
-from reamo.tuning.config import TrainConfig
-from reamo.tuning.data import BuildOptions, InstructionExample, read_instructions, refuse_eval_split
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +174,9 @@ def build_examples(config: TrainConfig, model: ReamoModel) -> list[InstructionEx
 
 def _sentences(data: Any, count: int, salt: str = "") -> list:
     """`count` train sentences drawn evenly from GMNER, M2E2 (with events) and MNRE (grouped by sentence)."""
-    from reamo.datasets import read_gmner, read_m2e2, read_mnre
     from reamo.tuning.data import balance_m2e2, group_mnre, sample
+
+    from reamo.datasets import read_gmner, read_m2e2, read_mnre
 
     share = [count // 3 + (1 if i < count % 3 else 0) for i in range(3)]
     seed = f"{data.seed}{salt}"
@@ -234,6 +242,21 @@ def _trainer_class() -> type:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def check_writable(folder: Path) -> None:
+    """Fail before any work when checkpoints cannot be written (read-only place, not a folder, disk full)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise ConfigError(
+            f"output folder {folder} cannot be written ({err.strerror or err}); set output_dir to a writable folder "
+            "with free space"
+        ) from err
+
+
 def train(config: TrainConfig) -> Path:
     """Run one stage; returns `<output_dir>/final`, the tuned model folder."""
     from transformers import TrainingArguments, set_seed
@@ -243,6 +266,7 @@ def train(config: TrainConfig) -> Path:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
     output_dir = Path(config.output_dir).expanduser()
+    check_writable(output_dir)
     model = build_model(config)
     trainable = set_trainable(model, config.trainable)
     logger.info("stage %d trains %s: %d tensors, %d parameters", config.stage, "+".join(config.trainable),
