@@ -244,9 +244,19 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="One repeat, few tokens: a smoke run."),
     load: bool = typer.Option(True, "--load/--no-load", help="Also time cold and cached model loading."),
     gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Also run the CUDA section when a GPU is present."),
+    soak: Optional[int] = typer.Option(None, "--soak", min=1, help="Instead: N requests from 8 threads; RSS growth."),
 ) -> None:
     """Speed and memory: latency per input kind, load time, tokens/s, batching, peak RSS (bench.md + bench.json)."""
     from reamo.eval.bench import run_bench
+
+    if soak is not None:
+        from reamo.eval.soak import run_soak
+
+        report = run_soak(_load_agent(model, 8), requests=soak)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "soak.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
+        console.print_json(report.model_dump_json())
+        return
 
     run_bench(model=model, out_dir=out, repeats=repeats, quick=quick, load=load, gpu=gpu)
     table = out / "bench.md"
