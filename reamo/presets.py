@@ -242,8 +242,8 @@ def _with_paths(preset: str | Preset, paths: dict[Component, str | os.PathLike |
 
 
 def missing_files_message(preset: Preset, missing: list[MissingFile]) -> str:
-    lines = [f"preset {preset.name!r} needs {len(missing)} file(s) that are not on disk (nothing is downloaded "
-             "at run time; copy them from a machine with internet access):"]
+    lines = [(f"preset {preset.name!r} needs {len(missing)} file(s) that are not on disk (nothing is downloaded "
+              "at run time; copy them from a machine with internet access):")]
     lines += [f"  - {m}" for m in missing]
     if preset.llm_hub_id and any(m.component == "llm" for m in missing):
         lines.append(f"  the LLM is {preset.llm_hub_id} on the Hugging Face hub (or pass --llm {preset.llm_hub_id} "
@@ -260,3 +260,36 @@ def require_files(preset: str | Preset, paths: dict[Component, str | os.PathLike
         raise CheckpointNotFoundError(missing_files_message(preset, missing))
     return preset
     return preset
+
+
+def agent_from_preset(
+    name: str,
+    llm_path: str | os.PathLike | None = None,
+    imagebind_checkpoint: str | os.PathLike | None = None,
+    sam2_checkpoint: str | os.PathLike | None = None,
+    context: int = 2048,
+    available_bytes: int | None = None,
+    **settings: object,
+):
+    """What `reamo extract --preset NAME` runs: check files, print the memory estimate, refuse if it won't fit, load.
+
+    Module-level, so `functools.partial(agent_from_preset, "reamo-7b-4bit", llm_path=...)` is a picklable agent
+    factory for `reamo.corpus.extract_corpus`.
+    """
+    import logging
+
+    from reamo.agent import Agent, AgentSettings
+    from reamo.memory import check_fits, estimate
+    from reamo.model import ReamoModel
+
+    preset = require_files(resolve_preset(name, llm_path, imagebind_checkpoint, sam2_checkpoint))
+    logger = logging.getLogger(__name__)
+    llm = Path(preset.config.llm).expanduser()
+    if (llm / "config.json").is_file() or preset.config.llm == preset.llm_hub_id:
+        architecture = None if (llm / "config.json").is_file() else preset.llm_architecture
+        needed = estimate(preset.config, context=context, architecture=architecture)
+        logger.info("%s", needed.describe())
+        check_fits(needed, available_bytes)
+    else:
+        logger.warning("no memory check: %s is a hub id whose config.json is not on disk", preset.config.llm)
+    return Agent(ReamoModel.from_config(preset.config), settings=AgentSettings(**settings))

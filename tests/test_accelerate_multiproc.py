@@ -47,7 +47,7 @@ def test_two_process_tuning_writes_a_loadable_model(tmp_path, tiny_llm_dir, shar
                "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
                "-m", "reamo.tuning", "--config", str(tmp_path / "train.yaml")]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
 
     log = [entry for entry in json.loads((tmp_path / "out" / "train_log.json").read_text()) if "loss" in entry]

@@ -78,3 +78,14 @@ def test_tiny_preset_builds_a_model(cache, tiny_llm_dir) -> None:
     assert hasattr(model.llm, "peft_config")
     with pytest.raises(CheckpointNotFoundError, match="tiny-llama"):
         load_preset("tiny")
+
+
+def test_agent_from_preset_checks_memory_before_loading(cache, tiny_llm_dir) -> None:
+    from reamo.memory import MemoryBudgetError
+    from reamo.presets import agent_from_preset
+
+    with pytest.raises(MemoryBudgetError, match="short by"):
+        agent_from_preset("tiny", llm_path=tiny_llm_dir, available_bytes=1024)
+    agent = agent_from_preset("tiny", llm_path=tiny_llm_dir, available_bytes=2**30, max_new_tokens=4, few_shot=False)
+    assert agent.model.encoded_modalities == ("image", "video", "audio")
+    assert agent.extract(text="Rafael Nadal in Mallorca", tasks="ner").text == "Rafael Nadal in Mallorca"

@@ -306,6 +306,7 @@ def train(config: TrainConfig) -> Path:
         report_to=[],
         disable_tqdm=not config.progress,
         use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,  # frozen weights are known up front; skip DDP's extra search pass
     )
     pad_id = model.tokenizer.pad_token_id or 0
     trainer = _trainer_class()(
@@ -313,9 +314,12 @@ def train(config: TrainConfig) -> Path:
         data_collator=lambda batch: collate(batch, pad_id),
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    final = model.save_pretrained(output_dir / FINAL_DIR)
-    (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1), encoding="utf-8")
-    (output_dir / "train_config.json").write_text(config.model_dump_json(indent=2), encoding="utf-8")
+    final = output_dir / FINAL_DIR
+    if trainer.is_world_process_zero():  # one writer under DDP / DeepSpeed; the other ranks hold the same weights
+        model.save_pretrained(final)
+        (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1), encoding="utf-8")
+        (output_dir / "train_config.json").write_text(config.model_dump_json(indent=2), encoding="utf-8")
+    trainer.accelerator.wait_for_everyone()
     logger.info("stage %d done: %s", config.stage, final)
     return final
 

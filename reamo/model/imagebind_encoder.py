@@ -26,6 +26,7 @@ from reamo.media import LoadedAudio, LoadedImage, LoadedVideo
 logger = logging.getLogger(__name__)
 
 EncodedModality = Literal["image", "video", "audio"]
+USED_MODALITY_KEYS = ("vision", "audio")  # ImageBind's names for the towers Reamo feeds the LLM from
 IMAGE_SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -127,6 +128,7 @@ class ImageBindEncoder(nn.Module):
         self.config = config
         module = _import_imagebind_model()
         self.model = module.ImageBindModel(**config.model_dump(exclude={"checkpoint"}))
+        self._drop_unused_modalities()
         if config.checkpoint is not None:
             self.load_checkpoint(config.checkpoint)
         self.model.eval()
@@ -136,6 +138,14 @@ class ImageBindEncoder(nn.Module):
     def out_dim(self) -> int:
         return self.config.out_embed_dim
 
+    def _drop_unused_modalities(self) -> None:
+        """Keep only the vision and audio towers: text/depth/thermal/IMU are ~480 M parameters Reamo never runs."""
+        for table in (self.model.modality_preprocessors, self.model.modality_trunks, self.model.modality_heads,
+                      self.model.modality_postprocessors):
+            for key in list(table.keys()):
+                if key not in USED_MODALITY_KEYS:
+                    del table[key]
+
     def load_checkpoint(self, checkpoint: str) -> None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
@@ -144,6 +154,7 @@ class ImageBindEncoder(nn.Module):
                 f"and place it there or at {default_checkpoint_path()} (encoder.checkpoint in the Reamo config)"
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if k.split(".")[1] in USED_MODALITY_KEYS or "." not in k}
         self.model.load_state_dict(state)
         logger.info("loaded ImageBind weights from %s", path)
 

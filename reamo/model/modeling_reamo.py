@@ -59,6 +59,14 @@ class ReamoConfig(BaseModel):
     lora: LoraSettings | None = None
     load_in_4bit: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field(default="auto", description="'auto' = this process's CUDA device when there is one, else CPU")
+
+    def torch_device(self) -> torch.device:
+        if self.device != "auto":
+            return torch.device(self.device)
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # one GPU per DDP rank
+        return torch.device("cpu")
 
     def save(self, folder: Path) -> None:
         (folder / CONFIG_NAME).write_text(self.model_dump_json(indent=2), encoding="utf-8")
@@ -115,8 +123,9 @@ def load_llm(config: ReamoConfig) -> tuple[nn.Module, Any]:
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
         )
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": 0}
+    device = config.torch_device()
+    if device.type == "cuda":
+        kwargs["device_map"] = {"": device.index or 0}
     local = Path(config.llm).expanduser()
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -144,12 +153,17 @@ class ReamoModel(nn.Module):
         self.tokenizer = tokenizer
         self.encoder = encoder
         hidden = llm.get_input_embeddings().embedding_dim
+        device = self.device
         self.projectors = nn.ModuleDict()
         if encoder is not None:
+            compute_dtype = torch.float32 if config.load_in_4bit and device.type == "cpu" else _torch_dtype(config.dtype)
+            if config.load_in_4bit and device.type == "cuda":
+                compute_dtype = torch.bfloat16
+            encoder.to(device=device, dtype=compute_dtype)
             for modality in config.modalities:
                 self.projectors[modality] = Projector(
                     encoder.out_dim, hidden, config.tokens_per_input, config.projector_type
-                ).to(_torch_dtype(config.dtype) if not config.load_in_4bit else torch.float32)
+                ).to(device=device, dtype=compute_dtype)
         # generate() on one model object from several threads must not interleave (peft / KV cache state)
         self._lock = threading.Lock()
 
