@@ -35,3 +35,19 @@ def test_kg_build_query_export(tmp_path, shared_data) -> None:
     exported = runner.invoke(app, ["kg", "export", "--db", str(db), "--format", "ttl", "--out", str(out)])
     assert exported.exit_code == 0, exported.output
     assert out.stat().st_size > 0
+
+
+def test_ui_graph_tab_draws_the_neighbourhood(tmp_path, shared_data) -> None:
+    import gradio as gr
+    import pytest
+
+    from reamo.kg import build_graph
+    from reamo.ui.app import show_neighbourhood
+
+    examples = read_gmner("dev", limit=20)
+    build_graph(((e.id, e.gold) for e in examples), tmp_path / "kg", progress=False)
+    name = examples[0].gold.entities[0].text
+    picture = show_neighbourhood(str(tmp_path / "kg"), name, 1)
+    assert picture.size[0] > 200 and len(set(picture.convert("L").getdata())) > 2  # something was drawn
+    with pytest.raises(gr.Error, match="no graph database"):
+        show_neighbourhood(str(tmp_path / "missing"), name, 1)

@@ -116,6 +116,7 @@ def build_app(
     examples: list[UIExample] | None = None,
     examples_dir: Path | None = None,
     title: str = "Reamo — grounded multimodal information extraction",
+    kg_db: str | Path | None = None,
 ) -> gr.Blocks:
     """The chat UI around `agent` (an Agent, or a no-argument factory called on the first request).
 
@@ -286,10 +287,35 @@ def build_app(
             api_out = gr.JSON(label="Result")
             run.click(api_extract, [api_text, api_file, api_tasks, api_labels], api_out, api_name="extract",
                       concurrency_limit=concurrency_limit, concurrency_id="extract")
+        with gr.Tab("Knowledge graph"):
+            gr.Markdown("The neighbourhood of an entity in a graph built with `reamo kg build` "
+                        "(documents, relations, events, and image crops of its grounded mentions).")
+            with gr.Row():
+                kg_folder = gr.Textbox(label="Graph database folder", value=str(kg_db or "reamo-kg"))
+                kg_entity = gr.Textbox(label="Entity", placeholder="Rafael Nadal")
+                kg_depth = gr.Slider(1, 2, value=1, step=1, label="Depth")
+            kg_button = gr.Button("Show neighbourhood", variant="primary")
+            kg_picture = gr.Image(label="Neighbourhood", type="pil", interactive=False)
+            kg_button.click(show_neighbourhood, [kg_folder, kg_entity, kg_depth], kg_picture,
+                            api_name="kg_neighbourhood")
     app.queue(max_size=64, default_concurrency_limit=concurrency_limit)
     app.reamo_examples = examples  # type: ignore[attr-defined] - for callers and tests
     app.reamo_holder = holder  # type: ignore[attr-defined]
     return app
+
+
+def show_neighbourhood(db_dir: str, entity: str, depth: float = 1) -> Any:
+    """The knowledge-graph tab: a drawing of the entity's neighbourhood, or a readable error."""
+    from reamo.kg.draw import draw_neighbourhood
+
+    if not entity.strip():
+        raise gr.Error("type an entity name")
+    if not Path(db_dir).expanduser().is_dir():
+        raise gr.Error(f"no graph database at {db_dir}; build one with: reamo kg build predictions.jsonl --db {db_dir}")
+    try:
+        return draw_neighbourhood(Path(db_dir).expanduser(), entity.strip(), depth=int(depth))
+    except ReamoError as err:
+        raise gr.Error(str(err)) from err
 
 
 def allowed_paths(examples: list[UIExample]) -> list[str]:
