@@ -150,3 +150,22 @@ def test_4bit_nf4_path(tiny_llm_dir) -> None:
     assert linear4bit and linear4bit[0].weight.quant_type == "nf4"
     assert any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     assert len(model.generate(["USER: hi ASSISTANT:"], max_new_tokens=3)) == 1
+
+
+def test_repetition_stop_ends_loops_only(tiny_llm_dir) -> None:
+    from transformers import AutoTokenizer
+
+    from reamo.model.modeling_reamo import RepetitionStop
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llm_dir))
+    stop = RepetitionStop(tokenizer)
+    texts = [
+        "Entities: (state, GPE)(state, GPE)(state, GPE)",
+        "Entities: (Rafael Nadal, PER)(Mery Perello, PER)(Mallorca, LOC)",
+        "<Module>AudioSegmentation</Module><Instruction>Nadal</Instruction>\\n"
+        "<Module>AudioSegmentation</Module><Instruction>Perello</Instruction>",
+    ]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    longest = max(len(i) for i in ids)
+    batch = torch.tensor([[tokenizer.pad_token_id] * (longest - len(i)) + i for i in ids])
+    assert stop(batch, None).tolist() == [True, False, False]

@@ -82,6 +82,23 @@ class ReamoConfig(BaseModel):
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
 
 
+class RepetitionStop:
+    """Stop a sequence once its text ends in the same item three times over, e.g. "(state, GPE)" x 3.
+
+    Small models fall into such loops; every repeat is a duplicate the parser would merge anyway, so generating
+    them only costs time (up to max_new_tokens). Per-row, as transformers' StoppingCriteria are.
+    """
+
+    def __init__(self, tokenizer: Any, window: int = 48, repeats: int = 3) -> None:
+        self.tokenizer = tokenizer
+        self.window = window
+        self.pattern = re.compile(r"(.{4,120}?)" + r"\1" * (repeats - 1) + r"\s*$", re.DOTALL)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        tails = self.tokenizer.batch_decode(input_ids[:, -self.window :], skip_special_tokens=True)
+        return torch.tensor([bool(self.pattern.search(t)) for t in tails], device=input_ids.device)
+
+
 class Projector(nn.Module):
     """Encoder embedding [batch, in_dim] -> `tokens` LLM input embeddings [batch, tokens, hidden]."""
 
@@ -345,6 +362,9 @@ class ReamoModel(nn.Module):
             }
             if max_time is not None:
                 kwargs["max_time"] = max_time
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([RepetitionStop(self.tokenizer)])
             kwargs.update(generate_kwargs)
             output = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         # with inputs_embeds only, generate returns just the new tokens
