@@ -93,7 +93,8 @@ def build_examples(folder: Path) -> list[DemoExample]:
     if shutil.which("espeak-ng"):
         from reamo.tools.audio import synthesize_speech
 
-        sentence = "Rafael Nadal met Roger Federer in London."
+        # long enough for Whisper (a 3 s espeak-ng clip can come back empty or as another language)
+        sentence = "Yesterday in London, the tennis players Rafael Nadal and Roger Federer met for a practice match."
         synthesize_speech(sentence, folder / "speech.wav")
         examples.append(DemoExample(name="audio", text=sentence, audio=str(folder / "speech.wav")))
     else:
