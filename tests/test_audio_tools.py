@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -18,10 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-
-from reamo.errors import CheckpointNotFoundError, MediaError, MissingDependencyError
-from reamo.media import LoadedAudio, MediaBundle, load_audio
-from reamo.schema import NoRegion, TimeSpan
 from reamo.tools.audio import (
     OpenAIWhisperTranscriber,
     Transcript,
@@ -34,6 +31,10 @@ from reamo.tools.audio import (
     synthesize_speech,
     whisper_model_dir,
 )
+
+from reamo.errors import CheckpointNotFoundError, MediaError, MissingDependencyError
+from reamo.media import LoadedAudio, MediaBundle, load_audio
+from reamo.schema import NoRegion, TimeSpan
 
 SENTENCE = "Rafael Nadal gets engaged to Mery Perello in Mallorca"
 VOICE, SPEED = "en", 160
@@ -69,8 +70,13 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _ESPEAK_RATE = 1
 
 
+@functools.lru_cache(maxsize=None)
 def espeak_word_times(text: str) -> tuple[dict[str, tuple[float, float]], np.ndarray, int]:
-    """Each word's (start, end) seconds as espeak-ng synthesizes `text`, plus the int16 samples and their rate."""
+    """Each word's (start, end) seconds as espeak-ng synthesizes `text`, plus the int16 samples and their rate.
+
+    Cached: libespeak-ng keeps state between syntheses in one process, so a second call may differ by a few
+    samples from the binary's output; every test in the session uses the first synthesis.
+    """
     library = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
     lib = ctypes.CDLL(library)
     callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
