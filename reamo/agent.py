@@ -62,6 +62,20 @@ def _media_name(source: Any) -> str:
     return f"<{type(source).__name__}>"
 
 
+class PreparedRequest(BaseModel):
+    """One request made ready for generation (what `Agent.prepare` returns)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    text: str
+    media: MediaBundle
+    context: str
+    features: dict[str, list[Any]]
+    timings: dict[str, float]
+    started: float
+    prompt: str
+
+
 class Agent:
     """Grounded multimodal extraction with a Reamo model and its grounding tools."""
 
@@ -117,6 +131,44 @@ class Agent:
         return placeholders, features, "\n".join(c for c in context if c)
 
     # -- extraction ------------------------------------------------------------------------------------------------
+    def prepare(
+        self,
+        text: str | None,
+        image: Any,
+        audio: Any,
+        video: Any,
+        tasks: tuple[Task, ...],
+        labels: Labels | dict[str, list[str]] | list[str] | None,
+    ) -> "PreparedRequest":
+        """The front half of an extraction, up to the prompt: media, transcript/context, messages (no generation).
+
+        Shared by `extract_steps` and batch extraction (`reamo.corpus`), which generate many prompts at once.
+        """
+        text = text or ""
+        if not text.strip() and image is None and audio is None and video is None:
+            raise ConfigError("nothing to extract from: give text and/or an image, audio or video")
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        media = self.load_media(image=image, audio=audio, video=video)
+        timings["load_media"] = time.perf_counter() - started
+        mark = time.perf_counter()
+        if not text.strip() and media.audio is not None and "audio" not in self.model.encoded_modalities:
+            # speech-only input: the transcript is the text that spans point into
+            from reamo.tools.audio import default_transcriber
+
+            text = default_transcriber().transcribe(media.audio).text.strip()
+            timings["transcribe"] = time.perf_counter() - mark
+        placeholders, features, context = self.media_inputs(media)
+        timings["media_context"] = time.perf_counter() - mark
+        given = [m for m in ("image", "video", "audio") if getattr(media, m) is not None]
+        messages = build_messages(
+            text, context, tasks, resolve_labels(labels), placeholders, self.settings.few_shot, given
+        )
+        return PreparedRequest(
+            text=text, media=media, context=context, features=features, timings=timings, started=started,
+            prompt=self.model.render_prompt(messages),
+        )
+
     def extract(
         self,
         text: str | None = None,
@@ -145,30 +197,12 @@ class Agent:
     ) -> Iterator[str | Result]:
         """`extract` as a generator: a short message before each stage (for progress in UIs), then the Result."""
         tasks = _resolve_tasks(tasks)
-        text = text or ""
-        if not text.strip() and image is None and audio is None and video is None:
-            raise ConfigError("nothing to extract from: give text and/or an image, audio or video")
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-        media = self.load_media(image=image, audio=audio, video=video)
-        timings["load_media"] = time.perf_counter() - started
-
-        mark = time.perf_counter()
-        given = [m for m in ("image", "video", "audio") if getattr(media, m) is not None]
+        given = [m for m, item in (("image", image), ("video", video), ("audio", audio)) if item is not None]
         if given:
             yield f"reading the {' and '.join(given)}..."
-        if not text.strip() and media.audio is not None and "audio" not in self.model.encoded_modalities:
-            # speech-only input: the transcript is the text that spans point into
-            from reamo.tools.audio import default_transcriber
-
-            text = default_transcriber().transcribe(media.audio).text.strip()
-            timings["transcribe"] = time.perf_counter() - mark
-        placeholders, features, context = self.media_inputs(media)
-        timings["media_context"] = time.perf_counter() - mark
-        messages = build_messages(
-            text, context, tasks, resolve_labels(labels), placeholders, self.settings.few_shot, given
-        )
-        prompt = self.model.render_prompt(messages)
+        request = self.prepare(text, image, audio, video, tasks, labels)
+        text, media, context, timings = request.text, request.media, request.context, request.timings
+        prompt, features, started = request.prompt, request.features, request.started
 
         yield "extracting entities, relations and events..."
         mark = time.perf_counter()

@@ -219,28 +219,8 @@ class AgentActor:
 
 def _prepare(agent: Any, text: str, image: Any, audio: Any, video: Any, tasks: tuple[str, ...],
              labels: Any) -> dict[str, Any]:
-    """The front half of `Agent.extract` for one row: media, context, messages, prompt (no generation)."""
-    from reamo.prompting import build_messages, resolve_labels
-
-    if not text.strip() and image is None and audio is None and video is None:
-        raise ConfigError("nothing to extract from: the row has no text and no media")
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    media = agent.load_media(image=image, audio=audio, video=video)
-    timings["load_media"] = time.perf_counter() - started
-    mark = time.perf_counter()
-    if not text.strip() and media.audio is not None and "audio" not in agent.model.encoded_modalities:
-        from reamo.tools.audio import default_transcriber
-
-        text = default_transcriber().transcribe(media.audio).text.strip()
-        timings["transcribe"] = time.perf_counter() - mark
-    placeholders, features, context = agent.media_inputs(media)
-    timings["media_context"] = time.perf_counter() - mark
-    given = [m for m in MEDIA_COLUMNS if getattr(media, m) is not None]
-    messages = build_messages(text, context, tasks, resolve_labels(labels), placeholders, agent.settings.few_shot,
-                              given)
-    return {"text": text, "media": media, "context": context, "features": features, "timings": timings,
-            "started": started, "prompt": agent.model.render_prompt(messages)}
+    """The front half of `Agent.extract` for one row (`Agent.prepare`), as the dict the batch loop uses."""
+    return dict(agent.prepare(text, image, audio, video, tasks, labels))
 
 
 # ---------------------------------------------------------------------------------------------------------------
