@@ -29,13 +29,15 @@ from reamo.datasets import (
     M2E2_ENTITY_TYPES,
     M2E2_EVENT_TYPES,
     MNRE_RELATION_TYPES,
+    MNRE_SHORT_NAMES,
+    MNRE_SHORT_RELATION_TYPES,
     SPLITS,
     DatasetError,
     Example,
     read_dataset,
     read_jsonl,
 )
-from reamo.schema import Labels, Problem, Result, Task
+from reamo.schema import Labels, Mention, Problem, Result, Task
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ MNRE_RELATIONS = MNRE_RELATION_TYPES
 
 def _aliases(labels: Sequence[str]) -> dict[str, str]:
     """Short name (last path part) -> full label; a short name shared by two labels maps to the more frequent."""
-    aliases: dict[str, str] = {}
+    aliases: dict[str, str] = {short: full for full, short in MNRE_SHORT_NAMES.items() if full in labels}
     for label in labels:  # most frequent first, so setdefault keeps the more frequent one
         aliases.setdefault(label.rsplit("/", 1)[-1], label)
         aliases.setdefault(label, label)
@@ -67,15 +69,17 @@ class DatasetSpec(BaseModel):
     tasks: tuple[Task, ...]
     labels: Labels | None = None
     relation_aliases: dict[str, str] = {}
+    given_pairs: bool = False  # MNRE: give the example's (head, tail) pair, as MNRE is scored (classification)
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "gmner": DatasetSpec(tasks=("ner",), labels=Labels(entity_types=GMNER_ENTITY_TYPES)),
     "mnre": DatasetSpec(
         tasks=("re",),
-        # the full MNRE labels, as the default was tuned on them; short names the model may write map back
-        labels=Labels(entity_types=GMNER_ENTITY_TYPES, relation_types=MNRE_RELATION_TYPES),
+        # the short names the default was tuned on ("member_of"); the aliases map them back to the MNRE labels
+        labels=Labels(entity_types=GMNER_ENTITY_TYPES, relation_types=MNRE_SHORT_RELATION_TYPES),
         relation_aliases=MNRE_RELATION_ALIASES,
+        given_pairs=True,
     ),
     "m2e2": DatasetSpec(tasks=("ner", "ee"), labels=Labels(entity_types=ACE_ENTITY_TYPES,
                                                            event_types=M2E2_EVENT_TYPES)),
@@ -218,11 +222,30 @@ class AgentPredictor:
         image = None
         if self.image_dir is not None and example.image and (self.image_dir / example.image).is_file():
             image = self.image_dir / example.image
-        result = self.agent.extract(text=example.text, image=image, tasks=self.spec.tasks, labels=self.spec.labels)
+        pair = given_pair(example) if self.spec.given_pairs else None
+        result = self.agent.extract(text=example.text, image=image, tasks=self.spec.tasks, labels=self.spec.labels,
+                                    pairs=[(pair[0].text, pair[1].text)] if pair else None)
         if self.spec.relation_aliases:
             for relation in result.relations:
                 relation.type = self.spec.relation_aliases.get(relation.type.strip(), relation.type)
+        if pair:
+            snap_to_pair(result, *pair)
         return result
+
+
+def given_pair(example: Example) -> tuple[Mention, Mention] | None:
+    """The (head, tail) mentions of an MNRE line, or None for examples without one."""
+    if "head" not in example.meta or "tail" not in example.meta:
+        return None
+    return Mention.model_validate(example.meta["head"]), Mention.model_validate(example.meta["tail"])
+
+
+def snap_to_pair(result: Result, head: Mention, tail: Mention) -> None:
+    """The pair was given with its spans: a predicted relation naming the pair's texts gets the given spans (the
+    aligner would pick the first occurrence of a repeated name)."""
+    for relation in result.relations:
+        if relation.head.text.strip() == head.text and relation.tail.text.strip() == tail.text:
+            relation.head, relation.tail = head.model_copy(), tail.model_copy()
 
 
 def predictor_name(predictor: Any, default: str = "system") -> str:
@@ -324,10 +347,12 @@ def run_eval(
     name: str | None = None,
     plots: bool = True,
     speech: bool = False,
+    triples: bool = False,
 ) -> EvalReport:
     """Predict, score and report one dataset. `agent`: a `reamo.Agent` or any callable `Example -> Result`.
 
     `speech`: the speech version: each sentence spoken with espeak-ng, the agent given the audio alone.
+    `triples`: MNRE without the given pair: the agent finds the pairs itself (full triple extraction).
 
     Writes into `out_dir`: predictions/<system>.jsonl (resumable), report.md, scores.json and PNG plots.
     `baselines`: True for `default_baselines(source)`, False for none, or a dict name -> predictor.
@@ -344,6 +369,8 @@ def run_eval(
 
     if hasattr(agent, "extract"):
         spec = DATASETS.get(source, DatasetSpec(tasks=tuple(examples[0].gold.tasks)))
+        if triples:
+            spec = spec.model_copy(update={"given_pairs": False})
         if speech:
             from reamo.eval.speech import SpeechPredictor
 
@@ -388,6 +415,7 @@ def evaluate_model(
     image_dir: str | os.PathLike[str] | None = None,
     max_new_tokens: int | None = None,
     speech: bool = False,
+    triples: bool = False,
 ) -> EvalReport:
     """The `reamo eval` entry: `model` is "default", a saved model folder, or a baseline name ("spacy",
     "majority") to score a baseline on its own."""
@@ -402,4 +430,5 @@ def evaluate_model(
 
     settings = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     agent = Agent.from_pretrained(model, **settings)
-    return run_eval(data, agent, out_dir, limit=limit, baselines=baselines, image_dir=image_dir, speech=speech)
+    return run_eval(data, agent, out_dir, limit=limit, baselines=baselines, image_dir=image_dir, speech=speech,
+                    triples=triples)

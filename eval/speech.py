@@ -50,9 +50,16 @@ class SpeechPredictor:
     def __call__(self, example: Example) -> Result:
         from reamo.tuning.speech import speech_clips
 
+        from reamo.eval.runner import given_pair, snap_to_pair
+
         clip = speech_clips([example], cache_dir=self.cache_dir)[0]
-        result = self.agent.extract(audio=clip.path, tasks=self.spec.tasks, labels=self.spec.labels)
+        pair = given_pair(example) if self.spec.given_pairs else None
+        result = self.agent.extract(audio=clip.path, tasks=self.spec.tasks, labels=self.spec.labels,
+                                    pairs=[(pair[0].text, pair[1].text)] if pair else None)
         if self.spec.relation_aliases:
             for relation in result.relations:
                 relation.type = self.spec.relation_aliases.get(relation.type.strip(), relation.type)
-        return realign(result, example.text)
+        result = realign(result, example.text)
+        if pair:
+            snap_to_pair(result, *pair)
+        return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -139,6 +139,7 @@ class Agent:
         video: Any,
         tasks: tuple[Task, ...],
         labels: Labels | dict[str, list[str]] | list[str] | None,
+        pairs: Sequence[tuple[str, str]] | None = None,
     ) -> "PreparedRequest":
         """The front half of an extraction, up to the prompt: media, transcript/context, messages (no generation).
 
@@ -147,6 +148,7 @@ class Agent:
         text = text or ""
         if not text.strip() and image is None and audio is None and video is None:
             raise ConfigError("nothing to extract from: give text and/or an image, audio or video")
+        given_pairs = check_pairs(pairs, tasks)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         media = self.load_media(image=image, audio=audio, video=video)
@@ -162,7 +164,7 @@ class Agent:
         timings["media_context"] = time.perf_counter() - mark
         given = [m for m in ("image", "video", "audio") if getattr(media, m) is not None]
         messages = build_messages(
-            text, context, tasks, resolve_labels(labels), placeholders, self.settings.few_shot, given
+            text, context, tasks, resolve_labels(labels), placeholders, self.settings.few_shot, given, given_pairs
         )
         return PreparedRequest(
             text=text, media=media, context=context, features=features, timings=timings, started=started,
@@ -178,9 +180,14 @@ class Agent:
         tasks: tuple[Task, ...] | list[Task] | str = ALL_TASKS,
         labels: Labels | dict[str, list[str]] | list[str] | None = None,
         max_new_tokens: int | None = None,
+        pairs: Sequence[tuple[str, str]] | None = None,
     ) -> Result:
-        """Extract entities / relations / events from the inputs and ground each entity in the given media."""
-        for step in self.extract_steps(text, image, audio, video, tasks, labels, max_new_tokens):
+        """Extract entities / relations / events from the inputs and ground each entity in the given media.
+
+        `pairs`: (head, tail) entity texts whose relation to classify (relation classification, as MNRE is
+        scored); needs the "re" task. Without it the model finds the pairs itself.
+        """
+        for step in self.extract_steps(text, image, audio, video, tasks, labels, max_new_tokens, pairs):
             if isinstance(step, Result):
                 return step
         raise AssertionError("extract_steps ends with a Result")  # pragma: no cover
@@ -194,13 +201,14 @@ class Agent:
         tasks: tuple[Task, ...] | list[Task] | str = ALL_TASKS,
         labels: Labels | dict[str, list[str]] | list[str] | None = None,
         max_new_tokens: int | None = None,
+        pairs: Sequence[tuple[str, str]] | None = None,
     ) -> Iterator[str | Result]:
         """`extract` as a generator: a short message before each stage (for progress in UIs), then the Result."""
         tasks = _resolve_tasks(tasks)
         given = [m for m, item in (("image", image), ("video", video), ("audio", audio)) if item is not None]
         if given:
             yield f"reading the {' and '.join(given)}..."
-        request = self.prepare(text, image, audio, video, tasks, labels)
+        request = self.prepare(text, image, audio, video, tasks, labels, pairs)
         text, media, context, timings = request.text, request.media, request.context, request.timings
         prompt, features, started = request.prompt, request.features, request.started
 
@@ -309,6 +317,21 @@ def _describe(modality: str, item: Any) -> str:
     from reamo.tools.video import describe_video
 
     return describe_video(item)
+
+
+def check_pairs(pairs: Sequence[tuple[str, str]] | None, tasks: tuple[Task, ...]) -> list[tuple[str, str]]:
+    """Given entity pairs as clean (head, tail) string tuples; a clear error for anything else."""
+    if not pairs:
+        return []
+    if "re" not in tasks:
+        raise ConfigError(f"entity pairs were given but tasks={list(tasks)} has no 're'; add tasks=('re',)")
+    out = []
+    for pair in pairs:
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                or not all(isinstance(x, str) and x.strip() for x in pair)):
+            raise ConfigError(f"bad entity pair {pair!r}: give (head text, tail text), two non-empty strings")
+        out.append((pair[0].strip(), pair[1].strip()))
+    return out
 
 
 def _resolve_tasks(tasks: tuple[Task, ...] | list[Task] | str) -> tuple[Task, ...]:

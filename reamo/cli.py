@@ -233,13 +233,14 @@ def evaluate(
     image_dir: Optional[Path] = typer.Option(None, "--image-dir", help="Folder with the dataset's images, if you have them."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
     speech: bool = typer.Option(False, "--speech", help="Speech version: sentences spoken by espeak-ng, audio only."),
+    triples: bool = typer.Option(False, "--triples", help="MNRE: do not give the entity pair (full triple extraction)."),
 ) -> None:
     """Score a model (and baselines) on a dataset; resumable; writes report.md, scores.json and plots."""
     try:
         from reamo.eval.runner import evaluate_model
 
         evaluate_model(data, model=model, out_dir=out, limit=limit, baselines=baselines, image_dir=image_dir,
-                       max_new_tokens=max_new_tokens, speech=speech)
+                       max_new_tokens=max_new_tokens, speech=speech, triples=triples)
     except ReamoError as err:
         _fail(str(err))
     report = out / "report.md"

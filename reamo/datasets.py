@@ -61,6 +61,20 @@ MNRE_RELATION_TYPES = [  # most frequent first (MNRE train)
 ]
 
 
+def _short_relation_names(labels: list[str]) -> dict[str, str]:
+    """Full MNRE label -> the short name prompts use ("member_of"): a third of the prompt tokens of the full
+    labels. A name two labels share keeps its type prefix on the less frequent one ("org/alternate_names")."""
+    short: dict[str, str] = {}
+    for label in labels:  # most frequent first
+        name = label.rsplit("/", 1)[-1]
+        short[label] = name if name not in short.values() else "/".join(label.strip("/").split("/")[1:])
+    return short
+
+
+MNRE_SHORT_NAMES = _short_relation_names(MNRE_RELATION_TYPES)
+MNRE_SHORT_RELATION_TYPES = [MNRE_SHORT_NAMES[label] for label in MNRE_RELATION_TYPES]
+
+
 Source = Literal["gmner", "mnre", "m2e2"]
 DATA_DIR_ENV = "REAMO_DATA_DIR"
 MNRE_ENTITY_TYPE = "ENTITY"

@@ -57,12 +57,17 @@ def resolve_labels(labels: Labels | dict[str, list[str]] | list[str] | None) -> 
     )
 
 
-def system_prompt(tasks: tuple[Task, ...], labels: Labels) -> str:
+EntityPair = tuple[str, str]
+
+
+def system_prompt(tasks: tuple[Task, ...], labels: Labels, pairs: bool = False) -> str:
     lines = ["Extract information from the user's input and answer only in this format, one line each:"]
     if "ner" in tasks:
         lines.append(f"Entities: (text, type)(text, type) with types {', '.join(labels.entity_types)}")
     if "re" in tasks:
         lines.append(f"Relations: (head, relation, tail) with relations {', '.join(labels.relation_types)}")
+        if pairs:
+            lines.append("Relations only between the given entity pairs (head first); None if no listed relation holds.")
     if "ee" in tasks:
         lines.append(f"Events: [event type | trigger | role: argument; role: argument] with types {', '.join(labels.event_types)}")
     lines.append("Write None for an empty list. Copy entity text exactly from the input.")
@@ -74,13 +79,21 @@ def system_prompt(tasks: tuple[Task, ...], labels: Labels) -> str:
     return "\n".join(lines)
 
 
-def user_content(text: str, context: str, placeholders: list[str]) -> str | list[dict[str, str]]:
-    """The user turn: media placeholders (for encoded media), tool-made context, then the text."""
+def pairs_line(pairs: list[EntityPair]) -> str:
+    """The given entity pairs (relation classification, as MNRE is scored): `Entity pairs: (head; tail)...`."""
+    return "Entity pairs: " + "".join(f"({head}; {tail})" for head, tail in pairs)
+
+
+def user_content(text: str, context: str, placeholders: list[str],
+                 pairs: list[EntityPair] | None = None) -> str | list[dict[str, str]]:
+    """The user turn: media placeholders (for encoded media), tool-made context, the text, then any given pairs."""
     body = text.strip()
     if context:
         body = f"{context}\nText: {body}" if body else context
     else:
         body = f"Text: {body}"
+    if pairs:
+        body = f"{body}\n{pairs_line(pairs)}"
     if not placeholders:
         return body
     return [{"type": modality} for modality in placeholders] + [{"type": "text", "text": body}]
@@ -103,15 +116,20 @@ def build_messages(
     placeholders: list[str] | None = None,
     few_shot: bool = True,
     modalities: list[str] | None = None,
+    pairs: list[EntityPair] | None = None,
 ) -> list[dict[str, Any]]:
-    """System instructions, few-shot turns (their media markers in words), then the user's input."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt(tasks, labels)}]
+    """System instructions, few-shot turns (their media markers in words), then the user's input.
+
+    `pairs`: entity pairs given by the caller (relation classification); the model then labels only those.
+    """
+    pairs = list(pairs or []) if "re" in tasks else []
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt(tasks, labels, bool(pairs))}]
     if few_shot:
         for example in FEW_SHOT:
             media_note = "".join(f"[{m} attached] " for m in example["media"])
             messages.append({"role": "user", "content": f"{media_note}Text: {example['text']}"})
             messages.append({"role": "assistant", "content": assistant_answer(example, tasks)})
-    content = user_content(text, context, placeholders or [])
+    content = user_content(text, context, placeholders or [], pairs)
     media_note = "".join(f"[{m} attached] " for m in (modalities or []))
     if isinstance(content, str):
         content = media_note + content

@@ -86,3 +86,15 @@ def test_embedded_default_extracts_a_parsed_result() -> None:
     assert Result.model_validate_json(result.to_json()) == result
     message = agent.chat([{"role": "user", "content": "Who is Rafael Nadal?"}], max_new_tokens=20)
     assert message["role"] == "assistant" and isinstance(message["content"], str)
+
+
+def test_given_entity_pairs_reach_the_prompt_and_bad_pairs_are_clear_errors(tiny_agent: Agent) -> None:
+    request = tiny_agent.prepare(TEXT, None, None, None, ("re",), None, [("Rafael Nadal", "Mery Perello")])
+    assert "Entity pairs: (Rafael Nadal; Mery Perello)" in request.prompt
+    assert "given entity pairs" in request.prompt
+    plain = tiny_agent.prepare(TEXT, None, None, None, ("re",), None)
+    assert "Entity pairs" not in plain.prompt
+    with pytest.raises(ConfigError, match="no 're'"):
+        tiny_agent.prepare(TEXT, None, None, None, ("ner",), None, [("Rafael Nadal", "Mery Perello")])
+    with pytest.raises(ConfigError, match="bad entity pair"):
+        tiny_agent.prepare(TEXT, None, None, None, ("re",), None, [("Rafael Nadal",)])

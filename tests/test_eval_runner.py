@@ -154,7 +154,40 @@ def test_agent_runs_through_the_runner(tiny_llm_dir, tmp_path) -> None:
     assert len(lines) == 3 and all(line.result.tasks == ["re"] for line in lines)
 
 
+class PairEcho:
+    """Stands in for an Agent: records the given pairs and names the first pair's texts with a fixed relation."""
+
+    def __init__(self) -> None:
+        self.pairs: list = []
+
+    def extract(self, text, image=None, tasks=(), labels=None, pairs=None):
+        from reamo.schema import Mention, Relation
+
+        self.pairs.append(pairs)
+        if not pairs:
+            return Result(text=text, tasks=list(tasks))
+        head, tail = pairs[0]
+        # spans of the first occurrence, as the aligner would give them
+        return Result(text=text, tasks=list(tasks), relations=[Relation(
+            head=Mention(text=head), type="member_of", tail=Mention(text=tail))])
+
+
+def test_mnre_is_asked_with_the_gold_pair_and_triples_mode_without(tmp_path) -> None:
+    agent = PairEcho()
+    report = run_eval("mnre:val", agent, tmp_path / "pairs", limit=40, baselines=False, plots=False)
+    examples, _ = load_examples("mnre:val", limit=40)
+    assert agent.pairs == [[(e.meta["head"]["text"], e.meta["tail"]["text"])] for e in examples]
+    gold = [e.meta["relation"] for e in examples]
+    rc = report.systems["reamo"].row("rc").scores
+    # "member_of" maps back to /per/org/member_of and lands on the given pair's spans
+    assert rc.n_pred == 40 and rc.tp == gold.count("/per/org/member_of") > 0
+    triples = PairEcho()
+    run_eval("mnre:val", triples, tmp_path / "triples", limit=2, baselines=False, plots=False, triples=True)
+    assert triples.pairs == [None, None]
+
+
 def test_mnre_short_relation_names_map_back() -> None:
+    assert MNRE_RELATION_ALIASES["org/alternate_names"] == "/org/org/alternate_names"
     assert MNRE_RELATION_ALIASES["member_of"] == "/per/org/member_of"
     assert MNRE_RELATION_ALIASES["alternate_names"] == "/per/per/alternate_names"  # the more frequent one
     assert MNRE_RELATION_ALIASES["/org/org/alternate_names"] == "/org/org/alternate_names"

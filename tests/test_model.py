@@ -93,6 +93,21 @@ def test_forward_with_labels_gives_a_loss_that_backpropagates_to_lora_and_projec
     tiny_model.zero_grad()
 
 
+def test_loss_on_target_logits_only_equals_the_full_lm_loss(tiny_model: ReamoModel) -> None:
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (3, 24))
+    embeds = tiny_model.llm.get_input_embeddings()(ids)
+    mask = torch.ones(3, 24, dtype=torch.long)
+    mask[2, 18:] = 0  # a right-padded row
+    labels = torch.full((3, 24), -100)
+    labels[0, 10:16], labels[1, 2:24], labels[2, 12:18] = ids[0, 10:16], ids[1, 2:24], ids[2, 12:18]
+    with torch.no_grad():
+        sliced = tiny_model(embeds, mask, labels).loss
+        full = tiny_model.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    assert tiny_model._slices_logits()
+    assert sliced.item() == pytest.approx(full.item(), rel=1e-5)
+
+
 def test_save_then_load_is_identity(tiny_model: ReamoModel, tmp_path) -> None:
     with torch.no_grad():  # make the adapter non-trivial (LoRA B starts at zero)
         for name, param in tiny_model.llm.named_parameters():

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from reamo.datasets import read_gmner, read_m2e2, read_mnre
+from reamo.datasets import MNRE_SHORT_NAMES, read_gmner, read_m2e2, read_mnre
 from reamo.errors import ConfigError
 from reamo.model import ReamoConfig, ReamoModel
 from reamo.model.imagebind_encoder import ImageBindEncoder, ImageBindEncoderConfig
@@ -24,9 +24,12 @@ from reamo.tuning.data import (
     BuildOptions,
     gmner_boxed,
     gmner_examples,
+    balance_relations,
     group_mnre,
     m2e2_examples,
     mnre_examples,
+    mnre_pair_examples,
+    uie_examples,
 )
 from reamo.tuning.invocation import COMBINATIONS, invocation_example
 from reamo.tuning.trainer import latest_complete_checkpoint, train
@@ -117,7 +120,7 @@ def test_mnre_and_m2e2_targets(shared_data) -> None:
     for example, item in zip(sentences, built):
         parsed = parse(item.target, strict=True)
         assert sorted((r.head.text, r.type, r.tail.text) for r in parsed.relations) == sorted(
-            (r.head.text, r.type, r.tail.text) for r in example.gold.relations)
+            (r.head.text, MNRE_SHORT_NAMES[r.type], r.tail.text) for r in example.gold.relations)
     events = [e for e in read_m2e2("train", limit=120) if e.gold.events][:10]
     for example, item in zip(events, m2e2_examples(events, "train", options=EXACT, ner_only_prob=0, ee_only_prob=0)):
         parsed = parse(item.target, strict=True)
@@ -125,6 +128,33 @@ def test_mnre_and_m2e2_targets(shared_data) -> None:
         assert [(e.type, e.trigger.text, [(a.role, a.entity.text) for a in e.arguments]) for e in parsed.events] == [
             (e.type, e.trigger.text, [(a.role, a.entity.text) for a in e.arguments])
             for e in sorted(example.gold.events, key=lambda e: e.trigger.span.start)]
+
+
+def test_mnre_pair_examples_name_the_pair_and_answer_its_relation_with_short_labels(shared_data) -> None:
+    from reamo.datasets import MNRE_SHORT_NAMES, MNRE_SHORT_RELATION_TYPES
+
+    lines = balance_relations(read_mnre("train", limit=400), limit=40, none_fraction=0.5, seed=0)
+    assert len(lines) == 40 and sum(1 for e in lines if not e.gold.relations) == 20
+    for example, item in zip(lines, mnre_pair_examples(lines, "train", options=EXACT)):
+        head, tail = example.meta["head"]["text"], example.meta["tail"]["text"]
+        system, user = item.messages[0]["content"], item.messages[1]["content"]
+        assert user.endswith(f"Entity pairs: ({head}; {tail})") and "given entity pairs" in system
+        assert ", ".join(MNRE_SHORT_RELATION_TYPES) in system and "/per/" not in system
+        parsed = parse(item.target, strict=True)
+        if example.meta["relation"] == "None":
+            assert item.target == "Relations: None"
+        else:
+            assert [(r.head.text, r.type, r.tail.text) for r in parsed.relations] == [
+                (head, MNRE_SHORT_NAMES[example.meta["relation"]], tail)]
+
+
+def test_text_only_gmner_examples_are_other_tweets_than_the_grounded_ones(shared_data) -> None:
+    items = uie_examples("train", {"gmner": 12, "gmner_text": 20}, stage=4, options=EXACT)
+    grounded = [i for i in items if i.id.endswith("#s4")]
+    text_only = [i for i in items if i.id.endswith("#s1")]
+    assert len(grounded) == 12 and len(text_only) == 20
+    assert all(not i.media and "[image attached]" not in i.messages[1]["content"] for i in text_only)
+    assert {i.id.split("#")[0] for i in grounded}.isdisjoint(i.id.split("#")[0] for i in text_only)
 
 
 def test_invocation_combinations_render_context_and_calls(shared_data) -> None:
@@ -293,7 +323,7 @@ def test_stage4_default_style_model_with_speech_and_resume(tmp_path, tiny_llm_di
     write_instructions(items, tmp_path / "invocation.jsonl")
     raw = {"stage": 4, "model": ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]).model_dump(),
            "data": {"files": [str(tmp_path / "invocation.jsonl")]},
-           **common(tmp_path / "s4", max_steps=2, save_steps=1)}
+           **common(tmp_path / "s4", max_steps=2, save_steps=1, group_by_length=True)}  # as the default recipe
     final = train(TrainConfig.from_dict(raw))
     assert all(math.isfinite(x) for x in losses(tmp_path / "s4"))
     model = ReamoModel.from_pretrained(final)

@@ -26,7 +26,10 @@ class DataConfig(BaseModel):
 
     split: str = "train"
     gmner: int = Field(default=0, ge=0)
+    gmner_text: int = Field(default=0, ge=0, description="GMNER NER without the image (the text task as scored)")
     mnre: int = Field(default=0, ge=0)
+    mnre_pairs: int = Field(default=0, ge=0, description="MNRE relation classification given the entity pair")
+    mnre_none_fraction: float = Field(default=0.4, ge=0, le=1, description="share of 'None' pairs in mnre_pairs")
     m2e2: int = Field(default=0, ge=0)
     invocation: int = Field(default=0, ge=0)
     speech: int = Field(default=0, ge=0)
@@ -75,6 +78,9 @@ class TrainConfig(BaseModel):
     resume: bool = False
     threads: int | None = Field(default=None, ge=1)
     gradient_checkpointing: bool = False
+    # batches of similar length (HF LengthGroupedSampler): less padding, but when length follows the task or the
+    # target (short tweets often have no entity) batches come in blocks of one kind: keep it off for mixed data
+    group_by_length: bool = False
     bf16: bool = False
     deepspeed: str | None = None
     progress: bool = True

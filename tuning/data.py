@@ -31,7 +31,8 @@ from reamo.datasets import (
     GMNER_ENTITY_TYPES,
     M2E2_ENTITY_TYPES,
     M2E2_EVENT_TYPES,
-    MNRE_RELATION_TYPES,
+    MNRE_SHORT_NAMES,
+    MNRE_SHORT_RELATION_TYPES,
     Example,
     read_gmner,
     read_m2e2,
@@ -136,6 +137,7 @@ def make_example(
     grounded: dict[str, Sequence[str]] | None = None,
     contexts: dict[str, str] | None = None,
     media: dict[str, str] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
     rng: random.Random,
     options: BuildOptions,
 ) -> InstructionExample:
@@ -152,7 +154,8 @@ def make_example(
     placeholders = [m for m in given if m in options.encoded]
     context = "\n".join(contexts[m] for m in given if m not in options.encoded and contexts.get(m))
     task_tuple = tuple(t for t in ("ner", "re", "ee") if t in tasks)
-    messages = build_messages(text, context, task_tuple, labels, placeholders, False, given)  # type: ignore[arg-type]
+    messages = build_messages(text, context, task_tuple, labels, placeholders, False, given,  # type: ignore[arg-type]
+                              list(pairs or []))
     if options.paraphrase_prob and rng.random() < options.paraphrase_prob:
         first, _, rest = messages[0]["content"].partition("\n")
         messages[0]["content"] = rng.choice(INSTRUCTION_VARIANTS[1:]) + "\n" + rest
@@ -236,10 +239,15 @@ def group_mnre(examples: Iterable[Example]) -> list[Example]:
     return list(grouped.values())
 
 
+def short_relations(relations: Sequence[Relation]) -> list[Relation]:
+    """MNRE relations with the short label names prompts use (`reamo.datasets.MNRE_SHORT_NAMES`)."""
+    return [r.model_copy(update={"type": MNRE_SHORT_NAMES.get(r.type, r.type)}) for r in relations]
+
+
 def mnre_examples(
     examples: Iterable[Example], split: str, stage: int = 1, seed: int = 0, options: BuildOptions | None = None
 ) -> list[InstructionExample]:
-    """MNRE sentences -> RE over the MNRE relation labels (used verbatim, as the MNRE scorer compares them);
+    """MNRE sentences -> RE over the MNRE relation labels (short names, "member_of"; the scorer maps them back);
     sentences whose pairs are all "None" give "Relations: None"."""
     refuse_eval_split(split)
     options = options or BuildOptions()
@@ -247,12 +255,44 @@ def mnre_examples(
     out = []
     for example in group_mnre(examples):
         labels = Labels(entity_types=list(GMNER_ENTITY_TYPES),
-                        relation_types=vary_labels(MNRE_RELATION_TYPES, rng, options))
+                        relation_types=vary_labels(MNRE_SHORT_RELATION_TYPES, rng, options))
         out.append(make_example(
             id=f"{example.id}#s{stage}", source="mnre", split=split, stage=stage, text=example.text, tasks=("re",),
-            labels=labels, relations=example.gold.relations, rng=rng, options=options,
+            labels=labels, relations=short_relations(example.gold.relations), rng=rng, options=options,
         ))
     return out
+
+
+def mnre_pair_examples(
+    examples: Iterable[Example], split: str, stage: int = 1, seed: int = 0, options: BuildOptions | None = None,
+) -> list[InstructionExample]:
+    """MNRE lines -> relation classification given the entity pair (how MNRE is scored): the prompt names the
+    pair, the target is its one relation or "Relations: None"."""
+    refuse_eval_split(split)
+    options = options or BuildOptions()
+    rng = random.Random(f"mnre-pairs-{seed}-{stage}")
+    out = []
+    for example in examples:
+        head, tail = example.meta["head"]["text"], example.meta["tail"]["text"]
+        labels = Labels(entity_types=list(GMNER_ENTITY_TYPES),
+                        relation_types=vary_labels(MNRE_SHORT_RELATION_TYPES, rng, options))
+        out.append(make_example(
+            id=f"{example.id}#pair-s{stage}", source="mnre", split=split, stage=stage, text=example.text,
+            tasks=("re",), labels=labels, relations=short_relations(example.gold.relations), pairs=[(head, tail)], rng=rng,
+            options=options,
+        ))
+    return out
+
+
+def balance_relations(examples: Sequence[Example], limit: int, none_fraction: float, seed: int) -> list[Example]:
+    """At most `limit` MNRE lines (entity pairs), about `none_fraction` of them "None" (62% of MNRE train is)."""
+    rng = random.Random(f"mnre-balance-{seed}")
+    related = [e for e in examples if e.gold.relations]
+    unrelated = [e for e in examples if not e.gold.relations]
+    n_none = min(len(unrelated), round(limit * none_fraction))
+    picked = rng.sample(related, min(len(related), limit - n_none)) + rng.sample(unrelated, n_none)
+    rng.shuffle(picked)
+    return picked
 
 
 def m2e2_examples(
@@ -295,17 +335,29 @@ def sample(examples: Sequence[Example], limit: int | None, seed: int, name: str)
 
 def uie_examples(
     split: str, counts: dict[str, int], seed: int = 0, stage: int = 1, options: BuildOptions | None = None,
-    root: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None, mnre_none_fraction: float = 0.4,
 ) -> list[InstructionExample]:
-    """The stage 1 / stage 3 mix from the datasets: counts = {"gmner": n, "mnre": n, "m2e2": n} (0 = none)."""
+    """The stage 1 / stage 3 mix from the datasets: counts = {"gmner": n, "mnre": n, "m2e2": n} (0 = none).
+
+    Optional counts: "gmner_text" (GMNER NER without the image, whatever the stage: the text-only task as scored),
+    "mnre_pairs" (relation classification given the pair), with `mnre_none_fraction` of them "None" pairs.
+    """
     refuse_eval_split(split)
     out: list[InstructionExample] = []
-    if counts.get("gmner"):
-        out += gmner_examples(sample(read_gmner(split, root=root), counts["gmner"], seed, "gmner"), split, stage,
-                              seed, options)
+    if counts.get("gmner") or counts.get("gmner_text"):
+        tweets = read_gmner(split, root=root)
+        picked = sample(tweets, counts.get("gmner", 0) + counts.get("gmner_text", 0), seed, "gmner")
+        n_grounded = counts.get("gmner", 0)
+        if n_grounded:
+            out += gmner_examples(picked[:n_grounded], split, stage, seed, options)
+        if counts.get("gmner_text"):  # distinct tweets from the grounded ones
+            out += gmner_examples(picked[n_grounded:], split, 1, seed, options)
     if counts.get("mnre"):
         sentences = group_mnre(read_mnre(split, root=root))
         out += mnre_examples(sample(sentences, counts["mnre"], seed, "mnre"), split, stage, seed, options)
+    if counts.get("mnre_pairs"):
+        lines = balance_relations(read_mnre(split, root=root), counts["mnre_pairs"], mnre_none_fraction, seed)
+        out += mnre_pair_examples(lines, split, stage, seed, options)
     if counts.get("m2e2"):
         out += m2e2_examples(balance_m2e2(read_m2e2(split, root=root), counts["m2e2"], 0.3, seed), split, stage,
                              seed, options)

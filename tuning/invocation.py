@@ -33,11 +33,12 @@ from reamo.tuning.data import (
     GMNER_ENTITY_TYPES,
     M2E2_ENTITY_TYPES,
     M2E2_EVENT_TYPES,
-    MNRE_RELATION_TYPES,
+    MNRE_SHORT_RELATION_TYPES,
     BuildOptions,
     InstructionExample,
     gmner_boxed,
     make_example,
+    short_relations,
     refuse_eval_split,
     vary_labels,
 )
@@ -60,7 +61,7 @@ def task_and_labels(example: Example, rng: random.Random, options: BuildOptions)
         return ("ner",), Labels(entity_types=vary_labels(GMNER_ENTITY_TYPES, rng, options))
     if example.source == "mnre":
         return ("re",), Labels(entity_types=list(GMNER_ENTITY_TYPES),
-                               relation_types=vary_labels(MNRE_RELATION_TYPES, rng, options))
+                               relation_types=vary_labels(MNRE_SHORT_RELATION_TYPES, rng, options))
     return ("ner", "ee"), Labels(entity_types=vary_labels(M2E2_ENTITY_TYPES, rng, options),
                                  event_types=vary_labels(M2E2_EVENT_TYPES, rng, options))
 
@@ -119,7 +120,7 @@ def invocation_example(
     return make_example(
         id=f"{example.id}#s{stage}:{combination}", source=example.source, split=split, stage=stage,
         text=sentence if "T" in letters else "", tasks=tasks, labels=labels, entities=gold.entities,
-        relations=gold.relations, events=gold.events, grounded=grounded, contexts=contexts, media=media, rng=rng,
+        relations=short_relations(gold.relations), events=gold.events, grounded=grounded, contexts=contexts, media=media, rng=rng,
         options=options,
     )
 

@@ -142,7 +142,8 @@ def build_examples(config: TrainConfig, model: ReamoModel) -> list[InstructionEx
     options = BuildOptions(shuffle_labels_prob=data.shuffle_labels_prob, subset_labels_prob=data.subset_labels_prob,
                            paraphrase_prob=data.paraphrase_prob, encoded=list(model.encoded_modalities))
     examples: list[InstructionExample] = []
-    counts = {"gmner": data.gmner, "mnre": data.mnre, "m2e2": data.m2e2}
+    counts = {"gmner": data.gmner, "gmner_text": data.gmner_text, "mnre": data.mnre, "mnre_pairs": data.mnre_pairs,
+              "m2e2": data.m2e2}
     if stage == 2:
         pairs = list(data.caption_pairs)
         if data.photos:
@@ -154,7 +155,7 @@ def build_examples(config: TrainConfig, model: ReamoModel) -> list[InstructionEx
             pairs += speech_pairs(_sentences(data, data.speech), data.speech_cache, data.seed)
         examples += caption_examples(pairs, data.split, data.seed)
     elif any(counts.values()):
-        examples += uie_examples(data.split, counts, data.seed, stage, options, data.root)
+        examples += uie_examples(data.split, counts, data.seed, stage, options, data.root, data.mnre_none_fraction)
     if stage == 4 and data.invocation:
         examples += invocation_examples(_sentences(data, data.invocation), data.split, data.seed, options=options)
     if stage in (3, 4) and data.speech:
@@ -306,6 +307,7 @@ def train(config: TrainConfig) -> Path:
         report_to=[],
         disable_tqdm=not config.progress,
         use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         ddp_find_unused_parameters=False,  # frozen weights are known up front; skip DDP's extra search pass
     )
     pad_id = model.tokenizer.pad_token_id or 0

@@ -337,8 +337,28 @@ class ReamoModel(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
     ) -> Any:
-        """inputs_embeds [batch, length, hidden], attention_mask [batch, length], labels [batch, length] (-100 = ignore)."""
-        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels)
+        """inputs_embeds [batch, length, hidden], attention_mask [batch, length], labels [batch, length] (-100 = ignore).
+
+        With labels, logits are computed only where a target token is predicted (`logits_to_keep` as a boolean
+        mask): the vocabulary projection is ~20% of a small LLM's compute, and an instruction example's target is a
+        small part of it. The loss is the same mean token cross-entropy the LM's own `labels=` path gives.
+        """
+        if labels is None or not self._slices_logits():
+            return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels)
+        targets = labels[:, 1:]
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = targets != -100
+        output = self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, logits_to_keep=keep)
+        logits = output.logits.reshape(-1, output.logits.shape[-1])  # (n_targets, vocab)
+        output.loss = nn.functional.cross_entropy(logits.float(), targets[targets != -100])
+        return output
+
+    def _slices_logits(self) -> bool:
+        """Whether the LM's forward takes `logits_to_keep` (LLaMA-family models in transformers >= 4.50 do)."""
+        import inspect
+
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
 
     @torch.no_grad()
     def generate(
