@@ -399,9 +399,16 @@ def run_eval(
             system_name, examples, [line.result for line in chosen],
             n_failed=sum(1 for line in chosen if line.error), seconds_per_example=seconds,
         )
+    notes = _notes(source, Path(image_dir) if image_dir else None, systems)
+    settings = getattr(agent, "settings", None)
+    if source == "mnre" and settings is not None and not triples:
+        threshold = getattr(settings, "pair_relation_threshold", None)
+        notes.append("reamo is given each gold pair; " + (
+            f"it names a relation when P(relation first) >= {threshold} (threshold calibrated on held-out MNRE "
+            "train pairs, `reamo calibrate-pairs`), else None" if threshold is not None
+            else "greedy decoding decides between a relation and None"))
     report = EvalReport(data=label, source=source, split=split, n_examples=len(examples), limit=limit,
-                        system=main_name, systems=reports,
-                        notes=_notes(source, Path(image_dir) if image_dir else None, systems))
+                        system=main_name, systems=reports, notes=notes)
     write_report(report, out, plots=plots)
     return report
 
@@ -416,6 +423,7 @@ def evaluate_model(
     max_new_tokens: int | None = None,
     speech: bool = False,
     triples: bool = False,
+    greedy_pairs: bool = False,
 ) -> EvalReport:
     """The `reamo eval` entry: `model` is "default", a saved model folder, or a baseline name ("spacy",
     "majority") to score a baseline on its own."""
@@ -428,7 +436,9 @@ def evaluate_model(
         return run_eval(data, system, out_dir, limit=limit, baselines=baselines, image_dir=image_dir)
     from reamo.agent import Agent
 
-    settings = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    if greedy_pairs:
+        settings["pair_relation_threshold"] = None
     agent = Agent.from_pretrained(model, **settings)
     return run_eval(data, agent, out_dir, limit=limit, baselines=baselines, image_dir=image_dir, speech=speech,
                     triples=triples)

@@ -27,7 +27,7 @@ from reamo.media import (
     load_video,
 )
 from reamo.model import ReamoModel
-from reamo.model.embedded_default import BASE_NAMES, DEFAULT_NAMES, load_default_model
+from reamo.model.embedded_default import BASE_NAMES, DEFAULT_NAMES, load_default_model, shipped_settings
 from reamo.prompting import MODULE_FOR_MODALITY, build_messages, resolve_labels
 from reamo.protocol import parse
 from reamo.schema import ALL_TASKS, Labels, Problem, Result, Task, ToolCall
@@ -53,6 +53,12 @@ class AgentSettings(BaseModel):
         default=False, description="keep extractions whose text the input does not contain (they get no span)"
     )
     tool_timeout_s: float = Field(default=120.0, gt=0)
+    pair_relation_threshold: float | None = Field(
+        default=None, ge=0, le=1,
+        description="relation classification for given pairs: answer with a relation (the model then writes it) "
+        "when the model's probability of starting one instead of 'None' reaches this; None = plain greedy decoding. "
+        "Calibrated on train data for the shipped default (weights/default/settings.json)",
+    )
     media_limits: MediaLimits = Field(default_factory=MediaLimits)
 
 
@@ -74,6 +80,7 @@ class PreparedRequest(BaseModel):
     timings: dict[str, float]
     started: float
     prompt: str
+    pairs: list[tuple[str, str]] = Field(default_factory=list)
 
 
 class Agent:
@@ -97,6 +104,9 @@ class Agent:
         if name_or_path in DEFAULT_NAMES or name_or_path in BASE_NAMES:
             model, tuned = load_default_model(tuned=name_or_path in DEFAULT_NAMES)
             settings.setdefault("few_shot", not tuned)  # a tuned model is prompted as it was trained
+            if tuned:
+                for key, value in shipped_settings().items():
+                    settings.setdefault(key, value)
         else:
             model = ReamoModel.from_pretrained(name_or_path)
             settings.setdefault("few_shot", False)
@@ -168,7 +178,7 @@ class Agent:
         )
         return PreparedRequest(
             text=text, media=media, context=context, features=features, timings=timings, started=started,
-            prompt=self.model.render_prompt(messages),
+            prompt=self.model.render_prompt(messages), pairs=given_pairs,
         )
 
     def extract(
@@ -214,16 +224,34 @@ class Agent:
 
         yield "extracting entities, relations and events..."
         mark = time.perf_counter()
-        raw = self.model.generate(
-            [prompt],
-            [features],
-            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
-            max_time=self.settings.max_time_s,
-        )[0]
+        if request.pairs and tasks == ("re",) and self.settings.pair_relation_threshold is not None:
+            raw = self.classify_pairs(prompt, features, max_new_tokens)
+        else:
+            raw = self.model.generate(
+                [prompt],
+                [features],
+                max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+                max_time=self.settings.max_time_s,
+            )[0]
         timings["generate"] = time.perf_counter() - mark
         if given:
             yield f"grounding entities in the {' and '.join(given)}..."
         yield self.finish(raw, text, tasks, media, context, timings, started)
+
+    def classify_pairs(self, prompt: str, features: dict[str, list[Any]], max_new_tokens: int | None = None) -> str:
+        """Given pairs: "Relations: None" unless P(the answer starts a relation) reaches the calibrated threshold;
+        then the model writes the relations after a forced "Relations: (". A small model's first token is biased
+        toward "None" (the most common answer), which greedy decoding turns into "never a relation"."""
+        threshold = self.settings.pair_relation_threshold
+        assert threshold is not None
+        [p_relation] = self.model.next_token_probs(prompt + "Relations:", features, [" ("])
+        if p_relation < threshold:
+            return "Relations: None"
+        prefix = "Relations: ("
+        return prefix + self.model.generate(
+            [prompt + prefix], [features], max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+            max_time=self.settings.max_time_s,
+        )[0]
 
     def finish(
         self,

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -44,11 +44,11 @@ def _check_file(path: Optional[Path], flag: str) -> None:
         _fail(f"{flag} file not found: {path}")
 
 
-def _load_agent(model: str, max_new_tokens: int):
+def _load_agent(model: str, max_new_tokens: int, **settings: Any):
     from reamo.agent import Agent
 
     with console.status(f"Loading model {model!r} (the first run prepares the embedded default, ~30 s)..."):
-        return Agent.from_pretrained(model, max_new_tokens=max_new_tokens)
+        return Agent.from_pretrained(model, max_new_tokens=max_new_tokens, **settings)
 
 
 def print_result(result) -> None:
@@ -234,18 +234,39 @@ def evaluate(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
     speech: bool = typer.Option(False, "--speech", help="Speech version: sentences spoken by espeak-ng, audio only."),
     triples: bool = typer.Option(False, "--triples", help="MNRE: do not give the entity pair (full triple extraction)."),
+    greedy_pairs: bool = typer.Option(False, "--greedy-pairs", help="MNRE: ignore the calibrated relation threshold."),
 ) -> None:
     """Score a model (and baselines) on a dataset; resumable; writes report.md, scores.json and plots."""
     try:
         from reamo.eval.runner import evaluate_model
 
         evaluate_model(data, model=model, out_dir=out, limit=limit, baselines=baselines, image_dir=image_dir,
-                       max_new_tokens=max_new_tokens, speech=speech, triples=triples)
+                       max_new_tokens=max_new_tokens, speech=speech, triples=triples,
+                       greedy_pairs=greedy_pairs)
     except ReamoError as err:
         _fail(str(err))
     report = out / "report.md"
     if report.is_file():
         console.print(report.read_text(encoding="utf-8"))
+
+
+@app.command("calibrate-pairs")
+def calibrate_pairs(
+    model: str = typer.Option("default", "--model", "-m", help="'default' or a model folder."),
+    config: Path = typer.Option(Path("tuning/configs/default_smollm2.yaml"), "--config",
+                                help="The recipe the model was tuned with: its sentences are kept out."),
+    out: Path = typer.Option(Path("reamo/weights/default/settings.json"), "--out", "-o"),
+    limit: int = typer.Option(300, "--limit", min=10, help="Held-out MNRE train pairs to score."),
+) -> None:
+    """Calibrate the given-pair relation threshold on held-out MNRE train pairs (never dev); writes settings.json."""
+    from reamo.eval.calibrate import calibrate
+
+    try:
+        agent = _load_agent(model, 48, pair_relation_threshold=None)
+        result = calibrate(agent, config, out, limit=limit)
+    except ReamoError as err:
+        _fail(str(err))
+    console.print_json(result.model_dump_json())
 
 
 @app.command()

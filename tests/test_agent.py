@@ -98,3 +98,33 @@ def test_given_entity_pairs_reach_the_prompt_and_bad_pairs_are_clear_errors(tiny
         tiny_agent.prepare(TEXT, None, None, None, ("ner",), None, [("Rafael Nadal", "Mery Perello")])
     with pytest.raises(ConfigError, match="bad entity pair"):
         tiny_agent.prepare(TEXT, None, None, None, ("re",), None, [("Rafael Nadal",)])
+
+
+def test_pair_threshold_decides_between_none_and_a_written_relation(tiny_agent: Agent) -> None:
+    request = tiny_agent.prepare(TEXT, None, None, None, ("re",), None, [("Rafael Nadal", "Mery Perello")])
+    [p] = tiny_agent.model.next_token_probs(request.prompt + "Relations:", {}, [" ("])
+    assert 0.0 < p < 1.0
+    old = tiny_agent.settings.pair_relation_threshold
+    try:
+        tiny_agent.settings.pair_relation_threshold = min(1.0, p * 1.01 + 1e-9)  # just above: None
+        assert tiny_agent.classify_pairs(request.prompt, {}, 4) == "Relations: None"
+        tiny_agent.settings.pair_relation_threshold = p * 0.99  # just below: the model writes a relation
+        raw = tiny_agent.classify_pairs(request.prompt, {}, 4)
+        assert raw.startswith("Relations: (") and len(raw) > len("Relations: (")
+        result = tiny_agent.extract(TEXT, tasks=("re",), pairs=[("Rafael Nadal", "Mery Perello")], max_new_tokens=4)
+        assert result.raw_output.startswith("Relations: (")
+    finally:
+        tiny_agent.settings.pair_relation_threshold = old
+
+
+def test_shipped_settings_skip_provenance_keys(tmp_path, monkeypatch) -> None:
+    import json
+
+    from reamo.model import embedded_default
+
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"pair_relation_threshold": 0.2, "_about": {"x": 1}}))
+    monkeypatch.setattr(embedded_default, "SHIPPED_SETTINGS", path)
+    assert embedded_default.shipped_settings() == {"pair_relation_threshold": 0.2}
+    monkeypatch.setattr(embedded_default, "SHIPPED_SETTINGS", tmp_path / "absent.json")
+    assert embedded_default.shipped_settings() == {}

@@ -212,3 +212,18 @@ def test_speech_version_realigns_mentions_onto_the_written_sentence() -> None:
     assert moved.entities[0].span == TextSpan(start=0, end=12) and moved.entities[0].groundings  # time span kept
     assert moved.entities[1].span is None  # ASR got the name wrong: it cannot count as correct
     assert moved.relations[0].tail.span == TextSpan(start=45, end=53)
+
+
+def test_calibration_picks_the_threshold_with_the_best_mnre_f1() -> None:
+    from reamo.eval.calibrate import PairScore, best_threshold
+
+    peer, member = "/per/per/peer", "/per/org/member_of"
+    scores = [PairScore(id=str(i), gold=g, p_relation=p, label=l) for i, (g, p, l) in enumerate([
+        (peer, 0.30, peer), (member, 0.25, member), (peer, 0.22, member), ("None", 0.18, peer),
+        ("None", 0.12, peer), ("None", 0.10, member), (member, 0.08, member)])]
+    calibration = best_threshold(scores)
+    # 4 gold relations; above 0.235 the two top pairs are predicted, both right: P 1, R 0.5, F1 2/3 (lower
+    # thresholds add a wrong label and Nones: 0.571, 0.5, ...; higher ones drop a right one: 0.4)
+    assert calibration.threshold == pytest.approx(0.235)
+    assert calibration.f1 == pytest.approx(2 / 3) and calibration.recall == pytest.approx(0.5)
+    assert calibration.greedy_f1 == 0.0  # every p below 0.5: greedy decoding never names a relation

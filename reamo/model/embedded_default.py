@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from reamo.errors import CheckpointNotFoundError
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reamo.model.modeling_reamo import ReamoConfig
 
@@ -31,6 +31,19 @@ DEFAULT_NAMES = ("default", "reamo-default")
 BASE_NAMES = ("default-base", "smollm2-135m-instruct")  # the untuned base model, prompted few-shot
 # The tuned LoRA adapter shipped in the repository (four-stage tuning, see weights/default/MODEL_CARD.md)
 SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "weights" / "default" / "adapter"
+# Agent settings calibrated for that adapter (e.g. the given-pair relation threshold), written by
+# `reamo calibrate-pairs`; keys are AgentSettings fields, plus "_about" with provenance.
+SHIPPED_SETTINGS = SHIPPED_ADAPTER.parent / "settings.json"
+
+
+def shipped_settings() -> dict[str, Any]:
+    """The AgentSettings values calibrated for the shipped adapter ({} when none are shipped)."""
+    import json
+
+    if not SHIPPED_SETTINGS.is_file():
+        return {}
+    values = json.loads(SHIPPED_SETTINGS.read_text(encoding="utf-8"))
+    return {k: v for k, v in values.items() if not k.startswith("_")}
 
 
 def cache_root() -> Path:

@@ -390,6 +390,18 @@ class ReamoModel(nn.Module):
         # with inputs_embeds only, generate returns just the new tokens
         return self.tokenizer.batch_decode(output, skip_special_tokens=True)
 
+    @torch.no_grad()
+    def next_token_probs(self, prompt: str, media: dict[EncodedModality, list[torch.Tensor]] | None,
+                         continuations: list[str]) -> list[float]:
+        """Probability that the model's next token after `prompt` is the first token of each continuation
+        (one forward pass): the score behind calibrated yes/no decisions such as "a relation or None"."""
+        with self._lock:
+            embeds, mask = self.batch_embeds([self.embed(self.tokenize_with_placeholders(prompt), media or {})])
+            logits = self.llm(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
+        probs = logits.float().softmax(-1)
+        firsts = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in continuations]
+        return [float(probs[i]) for i in firsts]
+
     def render_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         from reamo.chat_templates import load_chat_template
 
