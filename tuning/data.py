@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -284,15 +284,21 @@ def mnre_pair_examples(
     return out
 
 
-def balance_relations(examples: Sequence[Example], limit: int, none_fraction: float, seed: int) -> list[Example]:
-    """At most `limit` MNRE lines (entity pairs), about `none_fraction` of them "None" (62% of MNRE train is)."""
-    rng = random.Random(f"mnre-balance-{seed}")
-    related = [e for e in examples if e.gold.relations]
-    unrelated = [e for e in examples if not e.gold.relations]
-    n_none = min(len(unrelated), round(limit * none_fraction))
-    picked = rng.sample(related, min(len(related), limit - n_none)) + rng.sample(unrelated, n_none)
+def balance(examples: Sequence[Example], limit: int, none_fraction: float, rng: random.Random,
+            has_item: Callable[[Example], bool]) -> list[Example]:
+    """At most `limit` examples, about `none_fraction` of them without the item (`has_item` false)."""
+    with_item = [e for e in examples if has_item(e)]
+    without = [e for e in examples if not has_item(e)]
+    n_none = min(len(without), round(limit * none_fraction))
+    picked = rng.sample(with_item, min(len(with_item), limit - n_none)) + rng.sample(without, n_none)
     rng.shuffle(picked)
     return picked
+
+
+def balance_relations(examples: Sequence[Example], limit: int, none_fraction: float, seed: int) -> list[Example]:
+    """At most `limit` MNRE lines (entity pairs), about `none_fraction` of them "None" (62% of MNRE train is)."""
+    return balance(examples, limit, none_fraction, random.Random(f"mnre-balance-{seed}"),
+                   lambda e: bool(e.gold.relations))
 
 
 def m2e2_examples(
@@ -318,13 +324,8 @@ def m2e2_examples(
 
 def balance_m2e2(examples: Sequence[Example], limit: int, none_fraction: float, seed: int) -> list[Example]:
     """At most `limit` M2E2 sentences, about `none_fraction` of them without events (most sentences have none)."""
-    rng = random.Random(f"m2e2-balance-{seed}")
-    with_events = [e for e in examples if e.gold.events]
-    without = [e for e in examples if not e.gold.events]
-    n_none = min(len(without), round(limit * none_fraction))
-    picked = rng.sample(with_events, min(len(with_events), limit - n_none)) + rng.sample(without, n_none)
-    rng.shuffle(picked)
-    return picked
+    return balance(examples, limit, none_fraction, random.Random(f"m2e2-balance-{seed}"),
+                   lambda e: bool(e.gold.events))
 
 
 def sample(examples: Sequence[Example], limit: int | None, seed: int, name: str) -> list[Example]:
