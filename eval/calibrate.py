@@ -1,10 +1,10 @@
-"""Calibrates the given-pair relation decision ("a relation, or None?") of a model on MNRE *train* pairs it was not
-tuned on, never on dev.
+"""Calibrates the given-pair relation decision ("which relation, or None?") of a model on MNRE *train* pairs it
+was not tuned on, never on dev.
 
-A small tuned LLM puts most of its first-token probability on "None", the most common answer, so greedy decoding
-almost never names a relation. `Agent.classify_pairs` instead answers with a relation when P(" (") reaches a
-threshold; this module picks the threshold that maximises MNRE's micro F1 (None excluded) on held-out train pairs
-and writes it as an AgentSettings value (`weights/default/settings.json` for the shipped default).
+`Agent.classify_pairs` ranks "None" and every offered relation by the model's log-likelihood of writing it and
+answers the best relation when it beats "None" by more than a margin (`AgentSettings.pair_none_bias`). This
+module scores held-out train pairs once, picks the margin that maximises MNRE's micro F1 (None excluded) and writes
+it as an AgentSettings value (`weights/default/settings.json` for the shipped default).
 """
 
 from __future__ import annotations
@@ -18,76 +18,80 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from reamo.eval.metrics import pair_label, relation_classification_scores
-from reamo.eval.runner import DATASETS, given_pair, snap_to_pair
+from reamo.eval.metrics import relation_classification_scores
+from reamo.eval.runner import DATASETS, given_pair
 from tqdm.auto import tqdm
 
-from reamo.datasets import Example, read_mnre
+from reamo.datasets import Example, mnre_calibration_held_out, read_mnre
+from reamo.protocol import format_relation
 
 logger = logging.getLogger(__name__)
 
 
 class PairScore(BaseModel):
-    """One held-out pair: the model's P(relation first) and the label it writes when made to answer one."""
+    """One held-out pair: its gold label, the model's best relation (MNRE label) and that relation's
+    log-likelihood margin over answering "None"."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str
     gold: str
-    p_relation: float
     label: str
+    margin: float
 
 
 class Calibration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    threshold: float
+    bias: float
     f1: float
     precision: float
     recall: float
-    greedy_f1: float  # the same pairs at threshold 0.5: about greedy decoding's decision (" (" vs " None" hold ~99%)
+    argmax_f1: float  # the same pairs with margin 0: the plain most-likely answer
     n_pairs: int
     n_excluded_texts: int
 
 
 def held_out_pairs(exclude_texts: set[str], limit: int, seed: int = 0) -> list[Example]:
-    """`limit` MNRE train lines whose sentence the model was not tuned on, in MNRE's natural label mix."""
-    lines = [e for e in read_mnre("train") if e.text not in exclude_texts]
+    """`limit` lines of MNRE train's calibration sentences (`mnre_calibration_held_out`, never tuned on; minus any
+    sentence in `exclude_texts`), in their natural label mix."""
+    lines = [e for e in read_mnre("train") if mnre_calibration_held_out(e) and e.text not in exclude_texts]
     return random.Random(f"calibrate-{seed}").sample(lines, min(limit, len(lines)))
 
 
 def score_pairs(agent: Any, examples: Sequence[Example]) -> list[PairScore]:
-    """P(relation) and the forced-relation label for each pair (aliases mapped back to MNRE labels)."""
+    """For each pair: the best-scoring relation (mapped back to its MNRE label) and its margin over "None"."""
     spec = DATASETS["mnre"]
+    end = agent.model.tokenizer.eos_token or ""
+    types = list(spec.labels.relation_types)  # type: ignore[union-attr]
     out = []
     for example in tqdm(examples, desc="calibrating pairs"):
         head, tail = given_pair(example)  # type: ignore[misc]
         request = agent.prepare(example.text, None, None, None, spec.tasks, spec.labels, [(head.text, tail.text)])
-        [p_relation] = agent.model.next_token_probs(request.prompt + "Relations:", request.features, [" ("])
-        prefix = "Relations: ("
-        raw = prefix + agent.model.generate([request.prompt + prefix], [request.features], max_new_tokens=48)[0]
-        result = agent.finish(raw, request.text, spec.tasks, request.media, request.context, {}, request.started)
-        for relation in result.relations:
-            relation.type = spec.relation_aliases.get(relation.type.strip(), relation.type)
-        snap_to_pair(result, head, tail)
-        out.append(PairScore(id=example.id, gold=str(example.meta["relation"]), p_relation=p_relation,
-                             label=pair_label(result, head, tail)))
+        scores = agent.model.continuation_logprobs(
+            agent.pair_prompt(request, (head.text, tail.text)), request.features,
+            [f"Relations: None{end}"] + [f"Relations: {format_relation(head.text, r, tail.text)}{end}" for r in types],
+        )
+        best = max(range(len(types)), key=lambda i: scores[i + 1])
+        out.append(PairScore(id=example.id, gold=str(example.meta["relation"]),
+                             label=spec.relation_aliases.get(types[best], types[best]),
+                             margin=scores[best + 1] - scores[0]))
     return out
 
 
-def best_threshold(scores: Sequence[PairScore]) -> Calibration:
-    """The threshold (a midpoint between observed probabilities) with the highest micro F1, None excluded."""
+def best_bias(scores: Sequence[PairScore]) -> Calibration:
+    """The margin (a midpoint between observed margins) with the highest micro F1, None excluded."""
     gold = [s.gold for s in scores]
 
-    def f1_at(threshold: float) -> Any:
-        return relation_classification_scores(gold, [s.label if s.p_relation >= threshold else "None" for s in scores])
+    def f1_at(bias: float) -> Any:
+        return relation_classification_scores(gold, [s.label if s.margin > bias else "None" for s in scores])
 
-    values = sorted({round(s.p_relation, 4) for s in scores})
-    candidates = [(a + b) / 2 for a, b in zip(values, values[1:])] or [0.5]
-    best = max(candidates, key=lambda t: (f1_at(t).f1, t))
+    values = sorted({round(s.margin, 4) for s in scores})
+    candidates = [(a + b) / 2 for a, b in zip(values, values[1:])] or [0.0]
+    best = max(candidates, key=lambda b: (f1_at(b).f1, -abs(b)))
     chosen = f1_at(best)
-    return Calibration(threshold=round(best, 4), f1=chosen.f1, precision=chosen.precision, recall=chosen.recall,
-                       greedy_f1=f1_at(0.5).f1, n_pairs=len(scores), n_excluded_texts=0)
+    return Calibration(bias=round(best, 4), f1=chosen.f1, precision=chosen.precision, recall=chosen.recall,
+                       argmax_f1=f1_at(0.0).f1, n_pairs=len(scores), n_excluded_texts=0)
 
 
 def training_texts(config_path: str | os.PathLike[str]) -> set[str]:
@@ -112,22 +116,24 @@ def training_texts(config_path: str | os.PathLike[str]) -> set[str]:
 
 def calibrate(agent: Any, config_path: str | os.PathLike[str], out: str | os.PathLike[str], limit: int = 300,
               seed: int = 0) -> Calibration:
-    """Score held-out train pairs, pick the threshold, write {"pair_relation_threshold": t, "_about": ...}."""
+    """Score held-out train pairs, pick the margin, write {"pair_none_bias": b, "_about": ...} into `out`."""
     excluded = training_texts(config_path)
     examples = held_out_pairs(excluded, limit, seed)
     scores = score_pairs(agent, examples)
-    calibration = best_threshold(scores).model_copy(update={"n_excluded_texts": len(excluded)})
+    calibration = best_bias(scores).model_copy(update={"n_excluded_texts": len(excluded)})
     target = Path(out)
     values = json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {}
-    values["pair_relation_threshold"] = calibration.threshold
-    values["_about"] = {
-        "pair_relation_threshold": (
-            f"calibrated on {calibration.n_pairs} MNRE train pairs whose sentences {Path(config_path).name} does "
-            f"not train on (seed {seed}): micro F1 {calibration.f1:.3f} there vs {calibration.greedy_f1:.3f} "
-            "with greedy decoding's decision; reamo calibrate-pairs"
-        ),
-        "calibration": calibration.model_dump(),
-    }
+    values.pop("pair_relation_threshold", None)  # the decision rule before rank classification
+    values["pair_none_bias"] = calibration.bias
+    about = values.get("_about") if isinstance(values.get("_about"), dict) else {}
+    about.pop("pair_relation_threshold", None)
+    about["pair_none_bias"] = (
+        f"calibrated on {calibration.n_pairs} MNRE train pairs whose sentences {Path(config_path).name} does not "
+        f"train on (seed {seed}): micro F1 {calibration.f1:.3f} there vs {calibration.argmax_f1:.3f} with the "
+        "plain most-likely answer; reamo calibrate-pairs"
+    )
+    about["calibration"] = calibration.model_dump()
+    values["_about"] = about
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(values, indent=1) + "\n", encoding="utf-8")
     tmp.replace(target)

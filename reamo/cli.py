@@ -223,6 +223,22 @@ def train(
     console.print(f"trained model written to {final}")
 
 
+@app.command("export-adapter")
+def export_adapter(
+    model: Path = typer.Argument(..., help="A tuned model folder, e.g. runs/default_smollm2/final."),
+    out: Path = typer.Option(Path("reamo/weights/default/adapter"), "--out", "-o"),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 (half the size), float16 or float32."),
+) -> None:
+    """Ship a tuned adapter as the embedded default's (weights cast to bfloat16, written atomically)."""
+    try:
+        from reamo.tuning.export import export_adapter as _export
+
+        target = _export(model, out, dtype)
+    except (ReamoError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"adapter written to {target}")
+
+
 @app.command("eval")
 def evaluate(
     data: str = typer.Argument(..., help="gmner:dev | mnre:val | m2e2:dev | a jsonl file of examples"),
@@ -234,7 +250,7 @@ def evaluate(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
     speech: bool = typer.Option(False, "--speech", help="Speech version: sentences spoken by espeak-ng, audio only."),
     triples: bool = typer.Option(False, "--triples", help="MNRE: do not give the entity pair (full triple extraction)."),
-    greedy_pairs: bool = typer.Option(False, "--greedy-pairs", help="MNRE: ignore the calibrated relation threshold."),
+    greedy_pairs: bool = typer.Option(False, "--greedy-pairs", help="MNRE: decode greedily instead of ranking the relations."),
 ) -> None:
     """Score a model (and baselines) on a dataset; resumable; writes report.md, scores.json and plots."""
     try:
@@ -258,11 +274,11 @@ def calibrate_pairs(
     out: Path = typer.Option(Path("reamo/weights/default/settings.json"), "--out", "-o"),
     limit: int = typer.Option(300, "--limit", min=10, help="Held-out MNRE train pairs to score."),
 ) -> None:
-    """Calibrate the given-pair relation threshold on held-out MNRE train pairs (never dev); writes settings.json."""
+    """Calibrate the given-pair relation-vs-None margin on held-out MNRE train pairs (never dev); writes settings.json."""
     from reamo.eval.calibrate import calibrate
 
     try:
-        agent = _load_agent(model, 48, pair_relation_threshold=None)
+        agent = _load_agent(model, 48, pair_none_bias=None)
         result = calibrate(agent, config, out, limit=limit)
     except ReamoError as err:
         _fail(str(err))

@@ -369,6 +369,21 @@ def read_mnre(split: str = "train", root: str | os.PathLike[str] | None = None, 
     return list(_limited(iter_mnre(split, root, strict), limit))
 
 
+MNRE_CALIBRATION_MODULUS = 10
+
+
+def mnre_calibration_held_out(example: Example) -> bool:
+    """True for the MNRE *train* sentences kept for calibrating decisions (about one in ten: sha1 of the sentence
+    mod 10 == 0), which tuning never trains on; every pair of a sentence falls on the same side."""
+    digest = hashlib.sha1(example.text.encode("utf-8")).hexdigest()
+    return int(digest, 16) % MNRE_CALIBRATION_MODULUS == 0
+
+
+def read_mnre_for_tuning(split: str = "train", root: str | os.PathLike[str] | None = None) -> list[Example]:
+    """MNRE pairs tuning may use: the split without the calibration sentences (`mnre_calibration_held_out`)."""
+    return [e for e in read_mnre(split, root=root) if not mnre_calibration_held_out(e)]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # M2E2
 # ---------------------------------------------------------------------------------------------------------------

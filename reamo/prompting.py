@@ -60,7 +60,9 @@ def resolve_labels(labels: Labels | dict[str, list[str]] | list[str] | None) -> 
 EntityPair = tuple[str, str]
 
 
-def system_prompt(tasks: tuple[Task, ...], labels: Labels, pairs: bool = False) -> str:
+def system_prompt(tasks: tuple[Task, ...], labels: Labels, pairs: bool = False, media: bool = True) -> str:
+    """The instructions: one format line per task with its labels; the tool-call line only when media are given
+    (a text-only prompt has nothing to ground, and a shorter prompt is cheaper to tune and to run)."""
     lines = ["Extract information from the user's input and answer only in this format, one line each:"]
     if "ner" in tasks:
         lines.append(f"Entities: (text, type)(text, type) with types {', '.join(labels.entity_types)}")
@@ -71,11 +73,12 @@ def system_prompt(tasks: tuple[Task, ...], labels: Labels, pairs: bool = False) 
     if "ee" in tasks:
         lines.append(f"Events: [event type | trigger | role: argument; role: argument] with types {', '.join(labels.event_types)}")
     lines.append("Write None for an empty list. Copy entity text exactly from the input.")
-    lines.append(
-        "For each entity that appears in an attached image, video or audio, add one line "
-        "<Module>ImageSegmentation</Module><Instruction>entity text</Instruction> "
-        "(VideoTracking for video, AudioSegmentation for audio)."
-    )
+    if media:
+        lines.append(
+            "For each entity that appears in an attached image, video or audio, add one line "
+            "<Module>ImageSegmentation</Module><Instruction>entity text</Instruction> "
+            "(VideoTracking for video, AudioSegmentation for audio)."
+        )
     return "\n".join(lines)
 
 
@@ -123,7 +126,10 @@ def build_messages(
     `pairs`: entity pairs given by the caller (relation classification); the model then labels only those.
     """
     pairs = list(pairs or []) if "re" in tasks else []
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt(tasks, labels, bool(pairs))}]
+    has_media = bool(placeholders or modalities)
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": system_prompt(tasks, labels, bool(pairs), media=has_media or few_shot)}
+    ]
     if few_shot:
         for example in FEW_SHOT:
             media_note = "".join(f"[{m} attached] " for m in example["media"])

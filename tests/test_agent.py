@@ -100,21 +100,64 @@ def test_given_entity_pairs_reach_the_prompt_and_bad_pairs_are_clear_errors(tiny
         tiny_agent.prepare(TEXT, None, None, None, ("re",), None, [("Rafael Nadal",)])
 
 
-def test_pair_threshold_decides_between_none_and_a_written_relation(tiny_agent: Agent) -> None:
-    request = tiny_agent.prepare(TEXT, None, None, None, ("re",), None, [("Rafael Nadal", "Mery Perello")])
-    [p] = tiny_agent.model.next_token_probs(request.prompt + "Relations:", {}, [" ("])
-    assert 0.0 < p < 1.0
-    old = tiny_agent.settings.pair_relation_threshold
+def test_continuation_logprobs_equal_a_full_forward_pass(tiny_agent: Agent) -> None:
+    import torch
+
+    model = tiny_agent.model
+    prompt = tiny_agent.prepare(TEXT, None, None, None, ("ner",), None).prompt
+    options = ["Entities: None", "Entities: (Rafael Nadal, PER)", "Entities: (Mallorca, LOC)(Rafael Nadal, PER)"]
+    scores = model.continuation_logprobs(prompt, {}, options)
+    for option, score in zip(options, scores, strict=True):
+        prompt_ids = model.tokenize_with_placeholders(prompt)
+        answer = model.tokenizer(option, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model.llm(input_ids=torch.tensor([prompt_ids + answer])).logits[0].float().log_softmax(-1)
+        expected = sum(float(logits[len(prompt_ids) - 1 + i, token]) for i, token in enumerate(answer))
+        assert score == pytest.approx(expected, abs=1e-3)
+
+
+def test_given_pairs_are_ranked_over_none_and_every_offered_relation(tiny_agent: Agent) -> None:
+    pair = ("Rafael Nadal", "Mery Perello")
+    labels = {"relation_types": ["couple", "peer", "member_of"]}
+    request = tiny_agent.prepare(TEXT, None, None, None, ("re",), labels, [pair])
+    end = tiny_agent.model.tokenizer.eos_token
+    scores = tiny_agent.model.continuation_logprobs(
+        tiny_agent.pair_prompt(request, pair), {},
+        [f"Relations: None{end}"] + [f"Relations: (Rafael Nadal, {r}, Mery Perello){end}" for r in labels["relation_types"]],
+    )
+    best = max(range(3), key=lambda i: scores[i + 1])
+    margin = scores[best + 1] - scores[0]
+    old = tiny_agent.settings.pair_none_bias
     try:
-        tiny_agent.settings.pair_relation_threshold = min(1.0, p * 1.01 + 1e-9)  # just above: None
-        assert tiny_agent.classify_pairs(request.prompt, {}, 4) == "Relations: None"
-        tiny_agent.settings.pair_relation_threshold = p * 0.99  # just below: the model writes a relation
-        raw = tiny_agent.classify_pairs(request.prompt, {}, 4)
-        assert raw.startswith("Relations: (") and len(raw) > len("Relations: (")
-        result = tiny_agent.extract(TEXT, tasks=("re",), pairs=[("Rafael Nadal", "Mery Perello")], max_new_tokens=4)
-        assert result.raw_output.startswith("Relations: (")
+        tiny_agent.settings.pair_none_bias = margin + 0.01  # the best relation does not beat None by enough
+        assert tiny_agent.classify_pairs(request) == "Relations: None"
+        tiny_agent.settings.pair_none_bias = margin - 0.01
+        expected = f"Relations: (Rafael Nadal, {labels['relation_types'][best]}, Mery Perello)"
+        assert tiny_agent.classify_pairs(request) == expected
+        result = tiny_agent.extract(TEXT, tasks=("re",), labels=labels, pairs=[pair])
+        assert result.raw_output == expected
+        assert [(r.head.text, r.type, r.tail.text) for r in result.relations] == [
+            ("Rafael Nadal", labels["relation_types"][best], "Mery Perello")]
+        two = tiny_agent.prepare(TEXT, None, None, None, ("re",), labels, [pair, ("Mery Perello", "Mallorca")])
+        assert tiny_agent.classify_pairs(two).startswith(expected)  # each pair asked on its own, answers joined
     finally:
-        tiny_agent.settings.pair_relation_threshold = old
+        tiny_agent.settings.pair_none_bias = old
+
+
+def test_text_only_prompts_leave_out_the_tool_call_instructions(tiny_agent: Agent) -> None:
+    import numpy as np
+
+    old = tiny_agent.settings.few_shot
+    try:
+        tiny_agent.settings.few_shot = False  # as a tuned model is prompted (few-shot turns show tool calls)
+        text_only = tiny_agent.prepare(TEXT, None, None, None, ("ner",), None)
+        assert "<Module>ImageSegmentation</Module>" not in text_only.prompt
+        image = np.full((32, 32, 3), 200, dtype=np.uint8)
+        with_image = tiny_agent.prepare(TEXT, image, None, None, ("ner",), None)
+        assert "<Module>ImageSegmentation</Module><Instruction>entity text</Instruction>" in with_image.prompt
+        assert "[image attached]" in with_image.prompt
+    finally:
+        tiny_agent.settings.few_shot = old
 
 
 def test_shipped_settings_skip_provenance_keys(tmp_path, monkeypatch) -> None:
@@ -123,8 +166,8 @@ def test_shipped_settings_skip_provenance_keys(tmp_path, monkeypatch) -> None:
     from reamo.model import embedded_default
 
     path = tmp_path / "settings.json"
-    path.write_text(json.dumps({"pair_relation_threshold": 0.2, "_about": {"x": 1}}))
+    path.write_text(json.dumps({"pair_none_bias": 0.2, "_about": {"x": 1}}))
     monkeypatch.setattr(embedded_default, "SHIPPED_SETTINGS", path)
-    assert embedded_default.shipped_settings() == {"pair_relation_threshold": 0.2}
+    assert embedded_default.shipped_settings() == {"pair_none_bias": 0.2}
     monkeypatch.setattr(embedded_default, "SHIPPED_SETTINGS", tmp_path / "absent.json")
     assert embedded_default.shipped_settings() == {}

@@ -154,6 +154,21 @@ def test_agent_runs_through_the_runner(tiny_llm_dir, tmp_path) -> None:
     assert len(lines) == 3 and all(line.result.tasks == ["re"] for line in lines)
 
 
+def test_batched_text_predictions_match_one_by_one(tiny_llm_dir, tmp_path) -> None:
+    from reamo.eval.runner import DATASETS, AgentPredictor
+
+    model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir)))
+    agent = Agent(model, registry=ToolRegistry(), settings=AgentSettings(max_new_tokens=6, few_shot=False))
+    examples, _ = load_examples("gmner:dev", limit=5)
+    predictor = AgentPredictor(agent, DATASETS["gmner"])
+    assert predictor.batch_size > 1
+    batched = predictor.predict_batch(examples)
+    single = [predictor(e) for e in examples]
+    assert [r.raw_output for r in batched] == [r.raw_output for r in single]
+    assert all(r.text == e.text and r.tasks == ["ner"] for r, e in zip(batched, examples, strict=True))
+    assert AgentPredictor(agent, DATASETS["mnre"]).batch_size == 1  # each given pair is ranked on its own
+
+
 class PairEcho:
     """Stands in for an Agent: records the given pairs and names the first pair's texts with a fixed relation."""
 
@@ -214,16 +229,16 @@ def test_speech_version_realigns_mentions_onto_the_written_sentence() -> None:
     assert moved.relations[0].tail.span == TextSpan(start=45, end=53)
 
 
-def test_calibration_picks_the_threshold_with_the_best_mnre_f1() -> None:
-    from reamo.eval.calibrate import PairScore, best_threshold
+def test_calibration_picks_the_margin_with_the_best_mnre_f1() -> None:
+    from reamo.eval.calibrate import PairScore, best_bias
 
     peer, member = "/per/per/peer", "/per/org/member_of"
-    scores = [PairScore(id=str(i), gold=g, p_relation=p, label=l) for i, (g, p, l) in enumerate([
-        (peer, 0.30, peer), (member, 0.25, member), (peer, 0.22, member), ("None", 0.18, peer),
-        ("None", 0.12, peer), ("None", 0.10, member), (member, 0.08, member)])]
-    calibration = best_threshold(scores)
-    # 4 gold relations; above 0.235 the two top pairs are predicted, both right: P 1, R 0.5, F1 2/3 (lower
-    # thresholds add a wrong label and Nones: 0.571, 0.5, ...; higher ones drop a right one: 0.4)
-    assert calibration.threshold == pytest.approx(0.235)
+    scores = [PairScore(id=str(i), gold=g, margin=m, label=l) for i, (g, m, l) in enumerate([
+        (peer, 1.5, peer), (member, 1.0, member), (peer, 0.4, member), ("None", -0.2, peer),
+        ("None", -0.8, peer), ("None", -1.0, member), (member, -1.6, member)])]
+    calibration = best_bias(scores)
+    # 4 gold relations; above a margin of 0.7 the two top pairs are predicted, both right: P 1, R 0.5, F1 2/3
+    # (lower margins add a wrong label and Nones: 0.571, 0.5, ...; higher ones drop a right one: 0.4)
+    assert calibration.bias == pytest.approx(0.7)
     assert calibration.f1 == pytest.approx(2 / 3) and calibration.recall == pytest.approx(0.5)
-    assert calibration.greedy_f1 == 0.0  # every p below 0.5: greedy decoding never names a relation
+    assert calibration.argmax_f1 == pytest.approx(4 / 7)  # margin 0: three predicted, two right (P 2/3, R 1/2)

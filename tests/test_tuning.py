@@ -323,7 +323,7 @@ def test_stage4_default_style_model_with_speech_and_resume(tmp_path, tiny_llm_di
     write_instructions(items, tmp_path / "invocation.jsonl")
     raw = {"stage": 4, "model": ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]).model_dump(),
            "data": {"files": [str(tmp_path / "invocation.jsonl")]},
-           **common(tmp_path / "s4", max_steps=2, save_steps=1, group_by_length=True)}  # as the default recipe
+           **common(tmp_path / "s4", max_steps=2, save_steps=1)}  # batches grouped by prompt, as the default recipe
     final = train(TrainConfig.from_dict(raw))
     assert all(math.isfinite(x) for x in losses(tmp_path / "s4"))
     model = ReamoModel.from_pretrained(final)
@@ -340,6 +340,142 @@ def test_stage4_default_style_model_with_speech_and_resume(tmp_path, tiny_llm_di
     # the resumed step 2 repeats the first run's step 2 exactly: weights, optimizer and data order were restored
     assert losses(tmp_path / "s4")[1] == pytest.approx(first_losses[1], rel=1e-5)
     assert changed(first_run, lora_state(resumed))
+
+
+def test_shared_prefix_training_gives_the_plain_loss_and_gradients(tiny_llm_dir, shared_data) -> None:
+    from reamo.model import LoraSettings
+    from reamo.tuning.collate import collate, shared_prefix_length, tokenize_example
+    from reamo.tuning.trainer import ReamoForTraining
+
+    torch.manual_seed(0)
+    model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]))
+    model.add_lora(LoraSettings(r=4, alpha=8, dropout=0.0))
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_("lora_" in name)
+        if "lora_B" in name:  # B starts at zero: give A a gradient too
+            torch.nn.init.normal_(parameter, std=0.1)
+    items = gmner_examples(read_gmner("train", limit=3), "train", options=EXACT)
+    batch = collate([dict(zip(("input_ids", "labels"), tokenize_example(model, i)), media={}) for i in items])
+    rows = [batch["input_ids"][r, :n].tolist() for r, n in enumerate(batch["lengths"].tolist())]
+    labels = [batch["labels"][r, :n].tolist() for r, n in enumerate(batch["lengths"].tolist())]
+    shared = shared_prefix_length(rows, labels)
+    assert shared > 20  # the system prompt and the start of the user turn
+
+    def loss_and_grads(share: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss = ReamoForTraining(model, share_prefix=share)(**batch)["loss"]
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain_loss, plain = loss_and_grads(False)
+    shared_loss, grads = loss_and_grads(True)
+    assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
+    for name, grad in plain.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-6)
+
+
+def test_shared_prefix_stops_before_targets_and_media() -> None:
+    from reamo.tuning.collate import IGNORE, shared_prefix_length
+
+    rows = [list(range(1, 21)) + [30, 31], list(range(1, 21)) + [40]]
+    labels = [[IGNORE] * 20 + [30, 31], [IGNORE] * 20 + [40]]
+    assert shared_prefix_length(rows, labels) == 19  # position 19 predicts the first target: it stays in the rows
+    assert shared_prefix_length(rows, [[IGNORE] * 12 + [1] * 10, labels[1]]) == 11
+    with_media = [r[:10] + [-200] + r[11:] for r in rows]
+    assert shared_prefix_length(with_media, labels) == 10
+    assert shared_prefix_length(rows, labels, minimum=25) == 0
+    assert shared_prefix_length(rows[:1], labels[:1]) == 0
+
+
+def test_prefix_grouped_sampler_covers_each_example_once_in_batches_of_one_prompt() -> None:
+    from reamo.tuning.collate import PrefixGroupedSampler
+
+    groups = ["a"] * 10 + ["b"] * 7 + ["c"] * 2
+    sampler = PrefixGroupedSampler(groups, batch_size=4, seed=1)
+    batches = sampler.batches()
+    assert sorted(i for b in batches for i in b) == list(range(19)) and len(list(sampler)) == 19
+    assert [len(b) for b in batches[:-1]] == [4] * 4 and len(batches[-1]) == 3  # a short batch only at the end
+    assert sum(len({groups[i] for i in b}) == 1 for b in batches) >= 3  # a, a, b: whole batches of one prompt
+    assert sampler.batches() == batches  # deterministic for a seed and epoch (resume skips the same batches)
+    orders = set()
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        orders.add(tuple(sampler))
+    assert len(orders) > 1  # a new order each epoch
+
+
+def test_share_prefix_and_group_by_length_are_exclusive(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="share_prefix"):
+        TrainConfig.from_dict({"stage": 1, "output_dir": str(tmp_path), "group_by_length": True})
+    assert TrainConfig.from_dict({"stage": 1, "output_dir": str(tmp_path), "group_by_length": True,
+                                  "share_prefix": False}).group_by_length
+
+
+def test_mnre_calibration_sentences_are_never_tuned_on(shared_data) -> None:
+    from reamo.datasets import mnre_calibration_held_out, read_mnre_for_tuning
+
+    lines = read_mnre("train")
+    held = {e.text for e in lines if mnre_calibration_held_out(e)}
+    assert 0.05 < len(held) / len({e.text for e in lines}) < 0.15
+    tuned = read_mnre_for_tuning("train")
+    assert len(tuned) + sum(mnre_calibration_held_out(e) for e in lines) == len(lines)
+    items = uie_examples("train", {"mnre_pairs": 300, "mnre": 100}, options=EXACT)
+    texts = {i.messages[1]["content"].split("\n")[0].removeprefix("Text: ") for i in items}
+    assert texts and not texts & held
+
+
+def test_exported_adapter_is_bfloat16_loads_and_keeps_the_old_one_on_failure(tmp_path, tiny_llm_dir) -> None:
+    from peft import PeftModel
+
+    from reamo.errors import CheckpointNotFoundError
+    from reamo.model import LoraSettings
+    from reamo.tuning.export import export_adapter
+
+    model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]))
+    model.add_lora(LoraSettings(r=4, alpha=8))
+    for name, parameter in model.llm.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)
+    folder = model.save_pretrained(tmp_path / "final")
+    target = export_adapter(folder, tmp_path / "shipped")
+    weights = load_file(str(target / "adapter_model.safetensors"))
+    assert weights and all(w.dtype == torch.bfloat16 for w in weights.values())
+    assert json.loads((target / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m-instruct"
+    original = lora_state(folder)
+    for key, value in weights.items():
+        torch.testing.assert_close(value.float(), original[key], rtol=1e-2, atol=1e-3)
+    base = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[])).llm
+    loaded = PeftModel.from_pretrained(base, str(target), is_trainable=False)
+    assert {p.dtype for n, p in loaded.named_parameters() if "lora_" in n} == {torch.float32}
+    with pytest.raises(CheckpointNotFoundError, match="no LoRA adapter"):
+        export_adapter(tmp_path / "missing", target)
+    assert (target / "adapter_model.safetensors").is_file()  # the shipped adapter is untouched
+
+
+def test_freed_training_memory_goes_back_to_the_os() -> None:
+    import ctypes
+    import sys
+
+    import psutil
+
+    from reamo.tuning.trainer import release_freed_memory
+
+    if not sys.platform.startswith("linux"):
+        assert release_freed_memory() in (True, False)
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD high: glibc keeps freed pages, only release_freed_memory() returns them
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: these blocks come from the heap, not from mmap
+    try:
+        process = psutil.Process()
+        blocks = [ctypes.create_string_buffer(1 << 20) for _ in range(300)]  # 300 MiB on the heap, touched
+        held = process.memory_info().rss
+        del blocks
+        assert release_freed_memory()
+        assert process.memory_info().rss < held - (200 << 20)
+    finally:
+        libc.mallopt(-1, 128 * 1024)
+        libc.mallopt(-3, 128 * 1024)
 
 
 def test_stage2_on_a_model_without_encoder_is_a_clear_error(tmp_path, tiny_llm_dir, media_folder) -> None:

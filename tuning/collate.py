@@ -8,11 +8,13 @@ plus the template's end-of-turn tokens), so the model learns to stop where gener
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from reamo.errors import ConfigError
 from reamo.model import ReamoModel
@@ -58,6 +60,7 @@ class InstructionDataset(Dataset):
         self.model = model
         self.media_root = media_root
         self.items: list[tuple[list[int], list[int], dict[str, str]]] = []
+        self.groups: list[str] = []  # each item's system message: items of one group share their prompt's start
         too_long = 0
         for example in examples:
             ids, labels = tokenize_example(model, example)
@@ -74,6 +77,8 @@ class InstructionDataset(Dataset):
                         "folder holding the dataset's media)"
                     )
             self.items.append((ids, labels, encoded))
+            first = example.messages[0]
+            self.groups.append(str(first.get("content")) if first.get("role") == "system" else "")
         if too_long:
             logger.warning("dropped %d of %d examples longer than max_seq_len=%d tokens", too_long, len(examples),
                            max_seq_len)
@@ -100,6 +105,64 @@ class InstructionDataset(Dataset):
         if modality == "audio":
             return encoder.preprocess_audio(load_audio(path))
         return encoder.preprocess_video(load_video(path))
+
+
+class PrefixGroupedSampler(Sampler[int]):
+    """Random order in which each run of `batch_size` indices (one batch) comes from one group where possible.
+
+    Groups are the examples' system messages, so a batch's prompts share their first tokens and the trainer
+    computes that shared prefix once per batch (`ReamoModel.forward_shared_prefix`). Within a group the order is
+    random, the batches' order is random, and what is left of each group (fewer than a batch) is pooled into mixed
+    batches, so every example is seen exactly once per epoch. Deterministic for (seed, epoch): a resumed run skips
+    the same batches it already trained on.
+    """
+
+    def __init__(self, groups: list[str], batch_size: int, seed: int = 0) -> None:
+        self.groups, self.batch_size, self.seed, self.epoch = groups, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(f"prefix-groups-{self.seed}-{self.epoch}")
+        order = list(range(len(self.groups)))
+        rng.shuffle(order)
+        by_group: dict[str, list[int]] = {}
+        for index in order:
+            by_group.setdefault(self.groups[index], []).append(index)
+        full: list[list[int]] = []
+        rest: list[int] = []
+        for members in by_group.values():
+            cut = len(members) - len(members) % self.batch_size
+            full += [members[i : i + self.batch_size] for i in range(0, cut, self.batch_size)]
+            rest += members[cut:]
+        rng.shuffle(rest)
+        mixed = [rest[i : i + self.batch_size] for i in range(0, len(rest), self.batch_size)]
+        last = [mixed.pop()] if mixed and len(mixed[-1]) < self.batch_size else []
+        out = full + mixed
+        rng.shuffle(out)
+        return out + last  # a short batch only at the very end, so runs of batch_size stay batches
+
+    def __iter__(self) -> Iterator[int]:
+        for batch in self.batches():
+            yield from batch
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+def shared_prefix_length(rows: list[list[int]], labels: list[list[int]], minimum: int = 8) -> int:
+    """How many leading tokens every row has in common, stopping before any media placeholder (negative id) and
+    before the token that predicts a row's first target; 0 when that is under `minimum` or there is one row."""
+    if len(rows) < 2:
+        return 0
+    limit = min(next((i for i, label in enumerate(row) if label != IGNORE), len(row)) for row in labels) - 1
+    length = 0
+    for column in zip(*rows):
+        if length >= limit or column[0] < 0 or any(token != column[0] for token in column):
+            break
+        length += 1
+    return length if length >= minimum else 0
 
 
 def collate(batch: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:

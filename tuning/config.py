@@ -81,9 +81,19 @@ class TrainConfig(BaseModel):
     # batches of similar length (HF LengthGroupedSampler): less padding, but when length follows the task or the
     # target (short tweets often have no entity) batches come in blocks of one kind: keep it off for mixed data
     group_by_length: bool = False
+    # batches of one system prompt whose shared start is computed once per batch (same loss, far less compute
+    # when the instructions are a large part of each example); off = plain random batches
+    share_prefix: bool = True
     bf16: bool = False
     deepspeed: str | None = None
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _one_sampler(self) -> "TrainConfig":
+        if self.group_by_length and self.share_prefix:
+            raise ValueError("group_by_length and share_prefix each choose the batches; set share_prefix: false "
+                             "to group by length")
+        return self
 
     @property
     def trainable(self) -> list[Trainable]:

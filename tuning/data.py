@@ -36,7 +36,7 @@ from reamo.datasets import (
     Example,
     read_gmner,
     read_m2e2,
-    read_mnre,
+    read_mnre_for_tuning,
     write_jsonl,
 )
 from reamo.errors import ConfigError
@@ -354,10 +354,10 @@ def uie_examples(
         if counts.get("gmner_text"):  # distinct tweets from the grounded ones
             out += gmner_examples(picked[n_grounded:], split, 1, seed, options)
     if counts.get("mnre"):
-        sentences = group_mnre(read_mnre(split, root=root))
+        sentences = group_mnre(read_mnre_for_tuning(split, root=root))
         out += mnre_examples(sample(sentences, counts["mnre"], seed, "mnre"), split, stage, seed, options)
     if counts.get("mnre_pairs"):
-        lines = balance_relations(read_mnre(split, root=root), counts["mnre_pairs"], mnre_none_fraction, seed)
+        lines = balance_relations(read_mnre_for_tuning(split, root=root), counts["mnre_pairs"], mnre_none_fraction, seed)
         out += mnre_pair_examples(lines, split, stage, seed, options)
     if counts.get("m2e2"):
         out += m2e2_examples(balance_m2e2(read_m2e2(split, root=root), counts["m2e2"], 0.3, seed), split, stage,

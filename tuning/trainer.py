@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from reamo.tuning.collate import IGNORE, InstructionDataset, collate, expand_labels
+from reamo.tuning.collate import (
+    IGNORE,
+    InstructionDataset,
+    PrefixGroupedSampler,
+    collate,
+    expand_labels,
+    shared_prefix_length,
+)
 from reamo.tuning.config import TrainConfig
 from reamo.tuning.data import (
     BuildOptions,
@@ -42,30 +49,38 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 class ReamoForTraining(nn.Module):
-    """What the HF Trainer drives: splices media, expands labels over placeholders, returns the LM loss."""
+    """What the HF Trainer drives: splices media, expands labels over placeholders, returns the LM loss.
 
-    def __init__(self, reamo: ReamoModel) -> None:
+    When the batch's rows begin with the same tokens (batches grouped by system prompt, `PrefixGroupedSampler`),
+    that prefix is run once (`ReamoModel.forward_shared_prefix`): same loss and gradients, less compute."""
+
+    def __init__(self, reamo: ReamoModel, share_prefix: bool = True) -> None:
         super().__init__()
         self.reamo = reamo
+        self.share_prefix = share_prefix  # compute the prompt start the batch's rows share once (same loss)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor,
                 media: list[dict[str, list[torch.Tensor]]] | None = None) -> dict[str, torch.Tensor]:
         reamo = self.reamo
+        rows = [input_ids[row, :length].tolist() for row, length in enumerate(lengths.tolist())]
+        row_labels = [labels[row, : len(ids)].tolist() for row, ids in enumerate(rows)]
+        shared = shared_prefix_length(rows, row_labels) if self.share_prefix else 0
         sequences, targets = [], []
-        for row, length in enumerate(lengths.tolist()):
-            ids = input_ids[row, :length].tolist()
-            row_labels = labels[row, :length].tolist()
+        for row, ids in enumerate(rows):
             features = {
                 modality: [reamo.encode_media(modality, tensor.unsqueeze(0))[0] for tensor in tensors]  # type: ignore[arg-type]
-                for modality, tensors in ((media or [{}] * len(lengths))[row] or {}).items()
+                for modality, tensors in ((media or [{}] * len(rows))[row] or {}).items()
             }
-            sequences.append(reamo.embed(ids, features))
-            targets.append(expand_labels(ids, row_labels, reamo.config.tokens_per_input))
+            sequences.append(reamo.embed(ids[shared:], features))
+            targets.append(expand_labels(ids[shared:], row_labels[row][shared:], reamo.config.tokens_per_input))
         embeds, mask = reamo.batch_embeds(sequences, left_pad=False)
         padded = torch.full(mask.shape, IGNORE, dtype=torch.long, device=embeds.device)
         for row, target in enumerate(targets):
             padded[row, : len(target)] = torch.tensor(target, device=embeds.device)
-        output = reamo.forward(embeds, mask, padded)
+        if shared:
+            output = reamo.forward_shared_prefix(reamo.embed(rows[0][:shared]), embeds, mask, padded)
+        else:
+            output = reamo.forward(embeds, mask, padded)
         return {"loss": output.loss}
 
 
@@ -177,13 +192,13 @@ def _sentences(data: Any, count: int, salt: str = "") -> list:
     """`count` train sentences drawn evenly from GMNER, M2E2 (with events) and MNRE (grouped by sentence)."""
     from reamo.tuning.data import balance_m2e2, group_mnre, sample
 
-    from reamo.datasets import read_gmner, read_m2e2, read_mnre
+    from reamo.datasets import read_gmner, read_m2e2, read_mnre_for_tuning
 
     share = [count // 3 + (1 if i < count % 3 else 0) for i in range(3)]
     seed = f"{data.seed}{salt}"
     picked = sample(read_gmner(data.split, root=data.root), share[0], seed, "inv-gmner")
     picked += balance_m2e2(read_m2e2(data.split, root=data.root), share[1], 0.2, seed)  # type: ignore[arg-type]
-    picked += sample(group_mnre(read_mnre(data.split, root=data.root)), share[2], seed, "inv-mnre")
+    picked += sample(group_mnre(read_mnre_for_tuning(data.split, root=data.root)), share[2], seed, "inv-mnre")
     random.Random(f"sentences-{seed}").shuffle(picked)
     return picked
 
@@ -217,11 +232,40 @@ def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
     return None
 
 
+def release_freed_memory() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc `malloc_trim`); False where there is no glibc.
+
+    Training batches change shape every step (sequence lengths vary), and glibc keeps the freed activation buffers
+    as fragmented heap: without this the default recipe's process grew to 22 GiB RSS in 190 steps on a 24 GiB
+    machine; trimming every 10 steps keeps it to a few GiB.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 def _trainer_class() -> type:
     from transformers import Trainer
 
     class ReamoTrainer(Trainer):
-        """Saves only what learns (through ReamoModel.save_pretrained) and loads it back on resume."""
+        """Saves only what learns (through ReamoModel.save_pretrained) and loads it back on resume; with
+        `share_prefix`, batches are grouped by system prompt (`PrefixGroupedSampler`)."""
+
+        share_prefix = False
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.share_prefix and isinstance(dataset, InstructionDataset):
+                return PrefixGroupedSampler(dataset.groups, self._train_batch_size, seed=self.args.data_seed or 0)
+            return super()._get_train_sampler(train_dataset)
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             if self.args.should_save:
@@ -312,9 +356,22 @@ def train(config: TrainConfig) -> Path:
     )
     pad_id = model.tokenizer.pad_token_id or 0
     trainer = _trainer_class()(
-        model=ReamoForTraining(model), args=args, train_dataset=dataset,
+        model=ReamoForTraining(model, share_prefix=config.share_prefix), args=args, train_dataset=dataset,
         data_collator=lambda batch: collate(batch, pad_id),
     )
+    trainer.share_prefix = config.share_prefix
+    if release_freed_memory():
+        from transformers import TrainerCallback
+
+        class ReleaseFreedMemory(TrainerCallback):
+            """Every 10 steps: often enough to stop the heap's growth, rare enough that re-touching the returned
+            pages costs nothing measurable."""
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if state.global_step % 10 == 0:
+                    release_freed_memory()
+
+        trainer.add_callback(ReleaseFreedMemory())
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     final = output_dir / FINAL_DIR
     if trainer.is_world_process_zero():  # one writer under DDP / DeepSpeed; the other ranks hold the same weights

@@ -353,6 +353,55 @@ class ReamoModel(nn.Module):
         output.loss = nn.functional.cross_entropy(logits.float(), targets[targets != -100])
         return output
 
+    def forward_shared_prefix(
+        self,
+        prefix_embeds: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> Any:
+        """`forward` for a batch whose rows all start with the same prefix, computed once instead of once per row.
+
+        prefix_embeds [prefix_len, hidden] is run with batch size 1; its key/value cache is repeated over the
+        batch and the rows' own parts (inputs_embeds [batch, length, hidden], right-padded) attend to it.
+        Mathematically the same as `forward` on the concatenated rows (gradients flow through the shared cache
+        into the prefix), but an instruction prompt's system message is often half of each example, so training
+        and candidate scoring cost up to half as much. `labels` index the rows' own parts; their first position
+        must be -100 (a token predicted from the prefix is not scored here).
+        """
+        from transformers import DynamicCache
+
+        batch, prefix_len = inputs_embeds.shape[0], prefix_embeds.shape[0]
+        if prefix_len == 0:
+            return self.forward(inputs_embeds, attention_mask, labels)
+        if labels is not None and bool((labels[:, 0] != -100).any()):
+            raise ValueError("labels[:, 0] must be -100: the first token after a shared prefix is not scored")
+        cache = DynamicCache(config=self.llm.config)
+        ones = attention_mask.new_ones((1, prefix_len))
+        self.llm(inputs_embeds=prefix_embeds.unsqueeze(0), attention_mask=ones, use_cache=True, logits_to_keep=1,
+                 **{self._cache_argument(): cache})
+        cache.batch_repeat_interleave(batch)
+        full_mask = torch.cat([ones.expand(batch, prefix_len), attention_mask], dim=1)
+        positions = torch.arange(prefix_len, prefix_len + inputs_embeds.shape[1], device=inputs_embeds.device)
+        kwargs: dict[str, Any] = {self._cache_argument(): cache, "use_cache": False,
+                                  "position_ids": positions.unsqueeze(0).expand(batch, -1)}
+        if labels is None or not self._slices_logits():
+            return self.llm(inputs_embeds=inputs_embeds, attention_mask=full_mask, labels=labels, **kwargs)
+        targets = labels[:, 1:]
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = targets != -100
+        output = self.llm(inputs_embeds=inputs_embeds, attention_mask=full_mask, logits_to_keep=keep, **kwargs)
+        logits = output.logits.reshape(-1, output.logits.shape[-1])
+        output.loss = nn.functional.cross_entropy(logits.float(), targets[targets != -100])
+        return output
+
+    def _cache_argument(self) -> str:
+        """The LM forward's name for a key/value cache: `cache` in newer transformers, `past_key_values` before."""
+        import inspect
+
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
     def _slices_logits(self) -> bool:
         """Whether the LM's forward takes `logits_to_keep` (LLaMA-family models in transformers >= 4.50 do)."""
         import inspect
@@ -391,16 +440,31 @@ class ReamoModel(nn.Module):
         return self.tokenizer.batch_decode(output, skip_special_tokens=True)
 
     @torch.no_grad()
-    def next_token_probs(self, prompt: str, media: dict[EncodedModality, list[torch.Tensor]] | None,
-                         continuations: list[str]) -> list[float]:
-        """Probability that the model's next token after `prompt` is the first token of each continuation
-        (one forward pass): the score behind calibrated yes/no decisions such as "a relation or None"."""
+    def continuation_logprobs(self, prompt: str, media: dict[EncodedModality, list[torch.Tensor]] | None,
+                              continuations: list[str]) -> list[float]:
+        """Log-probability the model gives each continuation of `prompt` (summed over its tokens): the score for
+        choosing among a fixed set of answers (rank classification, e.g. one relation label per candidate).
+
+        The prompt is run once and shared by all candidates (`forward_shared_prefix`); each continuation is
+        tokenized on its own, as training tokenizes the answer apart from the prompt.
+        """
+        if not continuations:
+            return []
         with self._lock:
-            embeds, mask = self.batch_embeds([self.embed(self.tokenize_with_placeholders(prompt), media or {})])
-            logits = self.llm(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
-        probs = logits.float().softmax(-1)
-        firsts = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in continuations]
-        return [float(probs[i]) for i in firsts]
+            ids = self.tokenize_with_placeholders(prompt)
+            if len(ids) < 2:
+                raise ValueError("continuation_logprobs needs a prompt of at least two tokens")
+            answers = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+            # the last prompt token goes with each row: its position predicts the continuation's first token
+            rows = [self.embed(ids[-1:] + answer) for answer in answers]
+            embeds, mask = self.batch_embeds(rows, left_pad=False)
+            logits = self.forward_shared_prefix(self.embed(ids[:-1], media or {}), embeds, mask).logits
+        logprobs = logits.float().log_softmax(-1)
+        out = []
+        for row, answer in enumerate(answers):
+            target = torch.tensor(answer, device=logprobs.device)
+            out.append(float(logprobs[row, torch.arange(len(answer)), target].sum()))
+        return out
 
     def render_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         from reamo.chat_templates import load_chat_template
