@@ -16,7 +16,7 @@ CORPUS = [
 ]
 
 
-def build_tiny_llm(folder: Path) -> Path:
+def build_tiny_llm(folder: Path, hidden_size: int = 32) -> Path:
     """A 2-layer LLaMA with a byte-level BPE tokenizer trained on a few sentences, saved like a hub checkpoint."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
@@ -33,7 +33,7 @@ def build_tiny_llm(folder: Path) -> Path:
     tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )

@@ -158,9 +158,13 @@ def test_imagebind_checkpoint_loads_with_weights_only(tmp_path) -> None:
     assert torch.allclose(source("image", x), loaded("image", x))
 
 
-def test_4bit_nf4_path(tiny_llm_dir) -> None:
-    """NF4 + double quantisation through bitsandbytes; on CUDA when present, else on CPU (bitsandbytes >= 0.45)."""
-    model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), load_in_4bit=True, lora=LoraSettings(r=4)))
+def test_4bit_nf4_path(tmp_path) -> None:
+    """NF4 + double quantisation through bitsandbytes; on CUDA when present, else on CPU (bitsandbytes >= 0.45).
+    Layers are 64 wide: bitsandbytes' CPU kernels (0.50) pack weights in blocks of 64 input features."""
+    from conftest import build_tiny_llm
+
+    llm_dir = build_tiny_llm(tmp_path / "tiny-llama-64", hidden_size=64)
+    model = ReamoModel.from_config(ReamoConfig(llm=str(llm_dir), load_in_4bit=True, lora=LoraSettings(r=4)))
     linear4bit = [m for m in model.llm.modules() if type(m).__name__ == "Linear4bit"]
     assert linear4bit and linear4bit[0].weight.quant_type == "nf4"
     assert any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
