@@ -23,7 +23,6 @@ from reamo.eval.runner import DATASETS, given_pair
 from tqdm.auto import tqdm
 
 from reamo.datasets import Example, mnre_calibration_held_out, read_mnre
-from reamo.protocol import format_relation
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +61,13 @@ def held_out_pairs(exclude_texts: set[str], limit: int, seed: int = 0) -> list[E
 def score_pairs(agent: Any, examples: Sequence[Example]) -> list[PairScore]:
     """For each pair: the best-scoring relation (mapped back to its MNRE label) and its margin over "None"."""
     spec = DATASETS["mnre"]
-    end = agent.model.tokenizer.eos_token or ""
-    types = list(spec.labels.relation_types)  # type: ignore[union-attr]
     out = []
     for example in tqdm(examples, desc="calibrating pairs"):
         head, tail = given_pair(example)  # type: ignore[misc]
         request = agent.prepare(example.text, None, None, None, spec.tasks, spec.labels, [(head.text, tail.text)])
-        scores = agent.model.continuation_logprobs(
-            agent.pair_prompt(request, (head.text, tail.text)), request.features,
-            [f"Relations: None{end}"] + [f"Relations: {format_relation(head.text, r, tail.text)}{end}" for r in types],
-        )
-        best = max(range(len(types)), key=lambda i: scores[i + 1])
+        relation, margin = agent.best_pair_relation(request, (head.text, tail.text))
         out.append(PairScore(id=example.id, gold=str(example.meta["relation"]),
-                             label=spec.relation_aliases.get(types[best], types[best]),
-                             margin=scores[best + 1] - scores[0]))
+                             label=spec.relation_aliases.get(relation, relation), margin=margin))
     return out
 
 

@@ -278,6 +278,19 @@ class Agent:
             yield f"grounding entities in the {' and '.join(given)}..."
         yield self.finish(raw, text, tasks, media, context, timings, started)
 
+    def best_pair_relation(self, request: PreparedRequest, pair: tuple[str, str]) -> tuple[str, float]:
+        """The offered relation the model finds most likely for `pair` and its log-likelihood margin over "None"
+        (what `classify_pairs` thresholds and `reamo calibrate-pairs` calibrates)."""
+        head, tail = pair
+        end = self.model.tokenizer.eos_token or ""
+        types = list(request.labels.relation_types)
+        scores = self.model.continuation_logprobs(
+            self.pair_prompt(request, pair), request.features,
+            [f"Relations: None{end}"] + [f"Relations: {format_relation(head, r, tail)}{end}" for r in types],
+        )
+        best = max(range(len(types)), key=lambda i: scores[i + 1])
+        return types[best], scores[best + 1] - scores[0]
+
     def classify_pairs(self, request: PreparedRequest) -> str:
         """Given pairs, one at a time: the model's log-likelihood of answering "None" and of answering each offered
         relation for the pair; the best relation wins when it beats "None" by more than `pair_none_bias`.
@@ -288,18 +301,11 @@ class Agent:
         """
         bias = self.settings.pair_none_bias
         assert bias is not None
-        end = self.model.tokenizer.eos_token or ""
         chosen: list[str] = []
         for head, tail in request.pairs:
-            types = list(request.labels.relation_types)
-            options = [f"Relations: {format_relation(head, r, tail)}" for r in types]
-            scores = self.model.continuation_logprobs(
-                self.pair_prompt(request, (head, tail)), request.features,
-                [f"Relations: None{end}"] + [option + end for option in options],
-            )
-            best = max(range(len(types)), key=lambda i: scores[i + 1])
-            if scores[best + 1] > scores[0] + bias:
-                chosen.append(format_relation(head, types[best], tail))
+            relation, margin = self.best_pair_relation(request, (head, tail))
+            if margin > bias:
+                chosen.append(format_relation(head, relation, tail))
         return f"Relations: {''.join(chosen) or 'None'}"
 
     def finish(
