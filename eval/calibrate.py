@@ -1,10 +1,14 @@
-"""Calibrates the given-pair relation decision ("which relation, or None?") of a model on MNRE *train* pairs it
-was not tuned on, never on dev.
+"""Calibrates a model's two "something or None?" decisions on *train* data it was not tuned on, never on dev:
+the given-pair relation decision (MNRE) and the event decision (M2E2).
 
 `Agent.classify_pairs` ranks "None" and every offered relation by the model's log-likelihood of writing it and
 answers the best relation when it beats "None" by more than a margin (`AgentSettings.pair_none_bias`). This
 module scores held-out train pairs once, picks the margin that maximises MNRE's micro F1 (None excluded) and writes
 it as an AgentSettings value (`weights/default/settings.json` for the shipped default).
+
+`Agent.decide_events` keeps the events the model wrote only when it preferred starting the Events line with an
+event over "None" by more than `AgentSettings.event_none_bias`; `calibrate_events` picks that margin for the best
+trigger F1 (type + exact trigger span) on M2E2 train sentences outside the tuning recipe.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from reamo.eval.metrics import relation_classification_scores
 from reamo.eval.runner import DATASETS, given_pair
 from tqdm.auto import tqdm
 
-from reamo.datasets import Example, mnre_calibration_held_out, read_mnre
+from reamo.datasets import Example, mnre_calibration_held_out, read_m2e2, read_mnre
 
 logger = logging.getLogger(__name__)
 
@@ -113,20 +117,121 @@ def calibrate(agent: Any, config_path: str | os.PathLike[str], out: str | os.Pat
     examples = held_out_pairs(excluded, limit, seed)
     scores = score_pairs(agent, examples)
     calibration = best_bias(scores).model_copy(update={"n_excluded_texts": len(excluded)})
-    target = Path(out)
-    values = json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {}
-    values.pop("pair_relation_threshold", None)  # the decision rule before rank classification
-    values["pair_none_bias"] = calibration.bias
-    about = values.get("_about") if isinstance(values.get("_about"), dict) else {}
-    about.pop("pair_relation_threshold", None)
-    about["pair_none_bias"] = (
+    write_setting(out, "pair_none_bias", calibration.bias, (
         f"calibrated on {calibration.n_pairs} MNRE train pairs whose sentences {Path(config_path).name} does not "
         f"train on (seed {seed}): micro F1 {calibration.f1:.3f} there vs {calibration.argmax_f1:.3f} with the "
-        "plain most-likely answer; reamo calibrate-pairs"
-    )
-    about["calibration"] = calibration.model_dump()
-    values["_about"] = about
+        "plain most-likely answer; reamo calibrate-pairs"), calibration.model_dump(), about_key="calibration",
+        drop=("pair_relation_threshold",))
+    return calibration
+
+
+def write_setting(out: str | os.PathLike[str], key: str, value: float, about: str, details: dict[str, Any],
+                  about_key: str, drop: Sequence[str] = ()) -> None:
+    """Set one AgentSettings value in a settings.json (atomically), with why in its "_about" entry."""
+    target = Path(out)
+    values = json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {}
+    notes = values.get("_about") if isinstance(values.get("_about"), dict) else {}
+    for old in drop:  # settings of an earlier decision rule
+        values.pop(old, None)
+        notes.pop(old, None)
+    values[key] = value
+    notes[key] = about
+    notes[about_key] = details
+    values["_about"] = notes
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(values, indent=1) + "\n", encoding="utf-8")
     tmp.replace(target)
+
+
+# -- events ------------------------------------------------------------------------------------------------------
+
+class EventScore(BaseModel):
+    """One held-out sentence: the model's event margin (None: it wrote no events) and how its events match gold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    margin: float | None
+    correct: int  # predicted events whose type and trigger span match a gold event
+    predicted: int
+    gold: int
+
+
+class EventCalibration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bias: float
+    f1: float
+    precision: float
+    recall: float
+    greedy_f1: float  # every event greedy decoding wrote kept
+    n_sentences: int
+    n_with_events: int  # gold
+    n_excluded_texts: int
+
+
+def held_out_sentences(exclude_texts: set[str], limit: int, seed: int = 0) -> list[Example]:
+    """`limit` M2E2 train sentences the recipe does not train on, in their natural mix (most have no event)."""
+    sentences = [e for e in read_m2e2("train") if e.text not in exclude_texts]
+    return random.Random(f"calibrate-events-{seed}").sample(sentences, min(limit, len(sentences)))
+
+
+def _trigger_keys(result: Any) -> list[tuple[str, int, int]]:
+    return [(e.type, e.trigger.span.start, e.trigger.span.end) for e in result.events if e.trigger.span is not None]
+
+
+def score_events(agent: Any, examples: Sequence[Example], batch_size: int = 8) -> list[EventScore]:
+    """Greedy extraction for each sentence (batched), then its event margin and trigger matches."""
+    spec = DATASETS["m2e2"]
+    out = []
+    progress = tqdm(total=len(examples), desc="calibrating events")
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        results = agent.extract_batch([e.text for e in chunk], spec.tasks, spec.labels)
+        for example, result in zip(chunk, results, strict=True):
+            gold = _trigger_keys(example.gold)
+            predicted = _trigger_keys(result)
+            margin = None
+            if result.events:
+                request = agent.prepare(example.text, None, None, None, spec.tasks, spec.labels)
+                margin = agent.event_margin(request.prompt, request.features, result.raw_output)
+            out.append(EventScore(id=example.id, margin=margin, correct=sum(1 for k in predicted if k in gold),
+                                  predicted=len(result.events), gold=len(example.gold.events)))
+        progress.update(len(chunk))
+    progress.close()
+    return out
+
+
+def _event_prf(scores: Sequence[EventScore], bias: float | None) -> tuple[float, float, float]:
+    kept = [s for s in scores if s.margin is not None and (bias is None or s.margin > bias)]
+    correct, predicted = sum(s.correct for s in kept), sum(s.predicted for s in kept)
+    gold = sum(s.gold for s in scores)
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def best_event_bias(scores: Sequence[EventScore]) -> EventCalibration:
+    """The margin (a midpoint between observed margins) with the best trigger F1; ties go to the smaller change."""
+    values = sorted({round(s.margin, 4) for s in scores if s.margin is not None})
+    candidates = [values[0] - 1.0] + [(a + b) / 2 for a, b in zip(values, values[1:])] if values else [0.0]
+    best = max(candidates, key=lambda b: (_event_prf(scores, b)[2], -abs(b)))
+    precision, recall, f1 = _event_prf(scores, best)
+    return EventCalibration(bias=round(best, 4), f1=f1, precision=precision, recall=recall,
+                            greedy_f1=_event_prf(scores, None)[2], n_sentences=len(scores),
+                            n_with_events=sum(1 for s in scores if s.gold), n_excluded_texts=0)
+
+
+def calibrate_events(agent: Any, config_path: str | os.PathLike[str], out: str | os.PathLike[str],
+                     limit: int = 300, seed: int = 0) -> EventCalibration:
+    """Score held-out M2E2 train sentences, pick `event_none_bias`, write it into `out` (settings.json)."""
+    excluded = training_texts(config_path)
+    scores = score_events(agent, held_out_sentences(excluded, limit, seed))
+    calibration = best_event_bias(scores).model_copy(update={"n_excluded_texts": len(excluded)})
+    write_setting(out, "event_none_bias", calibration.bias, (
+        f"calibrated on {calibration.n_sentences} M2E2 train sentences {Path(config_path).name} does not train on "
+        f"(seed {seed}; {calibration.n_with_events} with events): trigger F1 {calibration.f1:.3f} there vs "
+        f"{calibration.greedy_f1:.3f} keeping every event greedy decoding writes; reamo calibrate-events"),
+        calibration.model_dump(), about_key="event_calibration")
     return calibration

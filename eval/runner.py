@@ -407,9 +407,11 @@ def run_eval(
             systems[baseline_name] = predictor
 
     reports = {}
+    lines_by_system: dict[str, dict[str, PredictionLine]] = {}
     for system_name, predictor in systems.items():
         lines = predict_all(predictor, examples, out / "predictions" / f"{system_name}.jsonl",
                             desc=f"{system_name} on {label}")
+        lines_by_system[system_name] = lines
         chosen = [lines[e.id] for e in examples]
         seconds = sum(line.seconds for line in chosen) / len(chosen)
         reports[system_name] = score_system(
@@ -417,6 +419,14 @@ def run_eval(
             n_failed=sum(1 for line in chosen if line.error), seconds_per_example=seconds,
         )
     notes = _notes(source, Path(image_dir) if image_dir else None, systems)
+    if speech:
+        from reamo.eval.speech import heard_share
+
+        heard, total = heard_share(examples, [lines_by_system[main_name][e.id].result for e in examples])
+        if total:
+            notes.append(f"ASR ceiling: {heard} of {total} gold entity/trigger mentions ({100 * heard / total:.1f}%) "
+                         "occur (case-insensitive) in the transcript the agent read; exact-match recall cannot "
+                         "exceed that share.")
     settings = getattr(agent, "settings", None)
     if source == "mnre" and settings is not None and not triples:
         bias = getattr(settings, "pair_none_bias", None)
@@ -425,6 +435,11 @@ def run_eval(
             f"relation when it beats None by more than {bias} (margin calibrated on held-out MNRE train pairs, "
             "`reamo calibrate-pairs`)" if bias is not None
             else "greedy decoding decides between a relation and None"))
+    event_bias = getattr(settings, "event_none_bias", None) if settings is not None else None
+    if "ee" in DATASETS.get(source, DatasetSpec(tasks=())).tasks and event_bias is not None:
+        notes.append("reamo keeps the events it writes only when it preferred starting its Events line with an event "
+                     f"over 'None' by more than {event_bias} (calibrated on held-out M2E2 train sentences, "
+                     "`reamo calibrate-events`)")
     report = EvalReport(data=label, source=source, split=split, n_examples=len(examples), limit=limit,
                         system=main_name, systems=reports, notes=notes)
     write_report(report, out, plots=plots)

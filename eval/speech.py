@@ -38,6 +38,21 @@ def realign(result: Result, text: str) -> Result:
     )
 
 
+def heard_share(examples: list[Example], results: list[Result]) -> tuple[int, int]:
+    """(gold entity / trigger mentions whose text occurs in what the agent heard, all of them).
+
+    The agent reads a transcript, so a mention Whisper got wrong cannot be found at all: this share is the
+    ceiling on exact-match recall the ASR leaves, which tells a low speech score's cause (ASR or extraction).
+    """
+    heard = total = 0
+    for example, result in zip(examples, results, strict=True):
+        context = result.context.casefold()
+        mentions = [e.text for e in example.gold.entities] + [e.trigger.text for e in example.gold.events]
+        total += len(mentions)
+        heard += sum(1 for text in mentions if text.casefold() in context)
+    return heard, total
+
+
 class SpeechPredictor:
     """Speaks each example (cached WAVs) and runs the agent on the audio alone."""
 

@@ -7,6 +7,7 @@ text context -> chat messages -> prompt -> LLM -> protocol parser -> span alignm
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,8 @@ from reamo.tools.registry import ToolRegistry, default_registry
 
 logger = logging.getLogger(__name__)
 
+_EVENTS_LINE = re.compile(r"^[ \t]*Events[ \t]*:", re.MULTILINE)
+
 
 class AgentSettings(BaseModel):
     """Knobs of one Agent; every field has a safe default for CPU use."""
@@ -59,6 +62,13 @@ class AgentSettings(BaseModel):
         "model's log-likelihood of writing it (rank classification) and answer the best relation when it beats "
         "'None' by more than this margin (negative = lean to relations); None = plain greedy decoding. Calibrated "
         "on held-out train pairs for the shipped default (weights/default/settings.json, `reamo calibrate-pairs`)",
+    )
+    event_none_bias: float | None = Field(
+        default=None,
+        description="event detection: when the model writes events, keep them only if its log-likelihood of "
+        "starting the Events line with an event beats writing 'None' there by more than this margin (positive = "
+        "stricter); None = keep what greedy decoding wrote. Calibrated on held-out M2E2 train sentences for the "
+        "shipped default (`reamo calibrate-events`), whose tuning mix over-represents sentences with events",
     )
     media_limits: MediaLimits = Field(default_factory=MediaLimits)
 
@@ -238,8 +248,9 @@ class Agent:
         results = []
         for request, raw in zip(requests, raws, strict=True):
             request.timings["generate"] = shared
-            results.append(self.finish(raw, request.text, tasks, request.media, request.context, request.timings,
-                                       request.started))
+            result = self.finish(raw, request.text, tasks, request.media, request.context, request.timings,
+                                 request.started)
+            results.append(self.decide_events(request.prompt, request.features, result))
         return results
 
     def extract_steps(
@@ -276,7 +287,7 @@ class Agent:
         timings["generate"] = time.perf_counter() - mark
         if given:
             yield f"grounding entities in the {' and '.join(given)}..."
-        yield self.finish(raw, text, tasks, media, context, timings, started)
+        yield self.decide_events(prompt, features, self.finish(raw, text, tasks, media, context, timings, started))
 
     def best_pair_relation(self, request: PreparedRequest, pair: tuple[str, str]) -> tuple[str, float]:
         """The offered relation the model finds most likely for `pair` and its log-likelihood margin over "None"
@@ -290,6 +301,37 @@ class Agent:
         )
         best = max(range(len(types)), key=lambda i: scores[i + 1])
         return types[best], scores[best + 1] - scores[0]
+
+    def event_margin(self, prompt: str, features: dict[str, list[Any]], raw: str) -> float | None:
+        """How much more likely the model found starting its Events line with an event ("[") than with "None",
+        given the prompt and what it wrote before that line; None when it wrote no events.
+
+        Greedy decoding follows the tuning mix's share of sentences with events; this margin lets
+        `event_none_bias` restore the real share (most news sentences have no event).
+        """
+        header = _EVENTS_LINE.search(raw)
+        if header is None or raw[header.end():].lstrip().lower().startswith("none"):
+            return None
+        with_event, without = self.model.continuation_logprobs(
+            prompt + raw[: header.start()], features, ["Events: [", "Events: None"])
+        return with_event - without
+
+    def decide_events(self, prompt: str, features: dict[str, list[Any]], result: Result) -> Result:
+        """Drops the result's events when their `event_margin` is not above `event_none_bias` (reported as a
+        problem, so the raw output and the decision stay visible)."""
+        bias = self.settings.event_none_bias
+        if bias is None or not result.events:
+            return result
+        margin = self.event_margin(prompt, features, result.raw_output)
+        if margin is None or margin > bias:
+            return result
+        result.problems.append(Problem(
+            stage="generate",
+            message=f"dropped {len(result.events)} event(s): the model preferred them over 'None' by {margin:.2f}, "
+                    f"not above event_none_bias {bias}",
+        ))
+        result.events = []
+        return result
 
     def classify_pairs(self, request: PreparedRequest) -> str:
         """Given pairs, one at a time: the model's log-likelihood of answering "None" and of answering each offered

@@ -285,6 +285,25 @@ def calibrate_pairs(
     console.print_json(result.model_dump_json())
 
 
+@app.command("calibrate-events")
+def calibrate_events_command(
+    model: str = typer.Option("default", "--model", "-m", help="'default' or a model folder."),
+    config: Path = typer.Option(Path("tuning/configs/default_smollm2.yaml"), "--config",
+                                help="The recipe the model was tuned with: its sentences are kept out."),
+    out: Path = typer.Option(Path("reamo/weights/default/settings.json"), "--out", "-o"),
+    limit: int = typer.Option(300, "--limit", min=10, help="Held-out M2E2 train sentences to score."),
+) -> None:
+    """Calibrate the events-vs-None margin on held-out M2E2 train sentences (never dev); writes settings.json."""
+    from reamo.eval.calibrate import calibrate_events
+
+    try:
+        agent = _load_agent(model, 160, event_none_bias=None)
+        result = calibrate_events(agent, config, out, limit=limit)
+    except ReamoError as err:
+        _fail(str(err))
+    console.print_json(result.model_dump_json())
+
+
 @app.command()
 def bench(
     model: str = typer.Option("default", "--model", "-m"),

@@ -208,6 +208,7 @@ class AgentActor:
                 try:
                     result = self.agent.finish(raw, item["text"], self.tasks, item["media"], item["context"],
                                                item["timings"], item["started"])
+                    result = self.agent.decide_events(item["prompt"], item["features"], result)
                     results[r] = result.model_dump_json()
                 except ReamoError as error:
                     errors[r] = f"{type(error).__name__}: {error}"

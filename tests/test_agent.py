@@ -144,6 +144,36 @@ def test_given_pairs_are_ranked_over_none_and_every_offered_relation(tiny_agent:
         tiny_agent.settings.pair_none_bias = old
 
 
+def test_written_events_are_kept_only_above_the_event_margin(tiny_agent: Agent) -> None:
+    import time
+
+    text = "Troops attacked the village of Mallorca"
+    raw = "Entities: (Mallorca, LOC)\nEvents: [Conflict:Attack | attacked | Place: Mallorca]"
+    request = tiny_agent.prepare(text, None, None, None, ("ner", "ee"), None)
+    margin = tiny_agent.event_margin(request.prompt, {}, raw)
+    with_event, without = tiny_agent.model.continuation_logprobs(
+        request.prompt + "Entities: (Mallorca, LOC)\n", {}, ["Events: [", "Events: None"])
+    assert margin == pytest.approx(with_event - without)
+    assert tiny_agent.event_margin(request.prompt, {}, "Entities: (Mallorca, LOC)\nEvents: None") is None
+
+    def finished():
+        return tiny_agent.finish(raw, text, ("ner", "ee"), MediaBundle(), "", {}, time.perf_counter())
+
+    assert [e.type for e in finished().events] == ["Conflict:Attack"]
+    old = tiny_agent.settings.event_none_bias
+    try:
+        tiny_agent.settings.event_none_bias = None  # no decision: what greedy decoding wrote stays
+        assert tiny_agent.decide_events(request.prompt, {}, finished()).events
+        tiny_agent.settings.event_none_bias = margin - 0.01
+        assert tiny_agent.decide_events(request.prompt, {}, finished()).events
+        tiny_agent.settings.event_none_bias = margin + 0.01
+        dropped = tiny_agent.decide_events(request.prompt, {}, finished())
+        assert dropped.events == [] and [e.text for e in dropped.entities] == ["Mallorca"]
+        assert any("event_none_bias" in p.message for p in dropped.problems)
+    finally:
+        tiny_agent.settings.event_none_bias = old
+
+
 def test_text_only_prompts_leave_out_the_tool_call_instructions(tiny_agent: Agent) -> None:
     import numpy as np
 

@@ -242,3 +242,29 @@ def test_calibration_picks_the_margin_with_the_best_mnre_f1() -> None:
     assert calibration.bias == pytest.approx(0.7)
     assert calibration.f1 == pytest.approx(2 / 3) and calibration.recall == pytest.approx(0.5)
     assert calibration.argmax_f1 == pytest.approx(4 / 7)  # margin 0: three predicted, two right (P 2/3, R 1/2)
+
+
+def test_heard_share_counts_gold_mentions_the_transcript_contains() -> None:
+    from reamo.eval.speech import heard_share
+    from reamo.schema import Entity
+
+    gold = Result(text="Rafael Nadal met Mery Perello in Mallorca", entities=[
+        Entity(text="Rafael Nadal", type="PER"), Entity(text="Mery Perello", type="PER"),
+        Entity(text="Mallorca", type="LOC")])
+    example = Example(id="x", text=gold.text, gold=gold, source="gmner", split="dev")
+    heard = Result(text="rafael nadal met murray perrello in mallorca",
+                   context='Speech transcript (3.0 s): "rafael nadal met murray perrello in mallorca"')
+    assert heard_share([example], [heard]) == (2, 3)  # the misheard name cannot be found
+
+
+def test_event_calibration_picks_the_margin_with_the_best_trigger_f1() -> None:
+    from reamo.eval.calibrate import EventScore, best_event_bias
+
+    scores = [EventScore(id=str(i), margin=m, correct=c, predicted=p, gold=g) for i, (m, c, p, g) in enumerate([
+        (3.0, 1, 1, 1), (2.0, 1, 1, 1), (1.0, 0, 1, 0), (0.5, 0, 2, 0), (0.2, 0, 1, 1), (None, 0, 0, 1)])]
+    calibration = best_event_bias(scores)
+    # kept above 1.5: 2 right of 2 predicted, 4 gold -> P 1, R 0.5, F1 2/3; keeping everything: 2/6, 2/4 -> 0.4
+    assert calibration.bias == pytest.approx(1.5)
+    assert calibration.f1 == pytest.approx(2 / 3) and calibration.precision == 1.0 and calibration.recall == 0.5
+    assert calibration.greedy_f1 == pytest.approx(0.4)
+    assert calibration.n_with_events == 4

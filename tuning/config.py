@@ -31,6 +31,10 @@ class DataConfig(BaseModel):
     mnre_pairs: int = Field(default=0, ge=0, description="MNRE relation classification given the entity pair")
     mnre_none_fraction: float = Field(default=0.4, ge=0, le=1, description="share of 'None' pairs in mnre_pairs")
     m2e2: int = Field(default=0, ge=0)
+    m2e2_none_fraction: float = Field(
+        default=0.3, ge=0, le=1,
+        description="share of M2E2 sentences without events (82% of M2E2 train has none; a lower share teaches "
+        "the model to write events more often, which `reamo calibrate-events` then corrects)")
     invocation: int = Field(default=0, ge=0)
     speech: int = Field(default=0, ge=0)
     photos: bool = False

@@ -336,12 +336,13 @@ def sample(examples: Sequence[Example], limit: int | None, seed: int, name: str)
 
 def uie_examples(
     split: str, counts: dict[str, int], seed: int = 0, stage: int = 1, options: BuildOptions | None = None,
-    root: str | os.PathLike[str] | None = None, mnre_none_fraction: float = 0.4,
+    root: str | os.PathLike[str] | None = None, mnre_none_fraction: float = 0.4, m2e2_none_fraction: float = 0.3,
 ) -> list[InstructionExample]:
     """The stage 1 / stage 3 mix from the datasets: counts = {"gmner": n, "mnre": n, "m2e2": n} (0 = none).
 
     Optional counts: "gmner_text" (GMNER NER without the image, whatever the stage: the text-only task as scored),
-    "mnre_pairs" (relation classification given the pair), with `mnre_none_fraction` of them "None" pairs.
+    "mnre_pairs" (relation classification given the pair), with `mnre_none_fraction` of them "None" pairs;
+    `m2e2_none_fraction` of the M2E2 sentences have no event.
     """
     refuse_eval_split(split)
     out: list[InstructionExample] = []
@@ -360,7 +361,8 @@ def uie_examples(
         lines = balance_relations(read_mnre_for_tuning(split, root=root), counts["mnre_pairs"], mnre_none_fraction, seed)
         out += mnre_pair_examples(lines, split, stage, seed, options)
     if counts.get("m2e2"):
-        out += m2e2_examples(balance_m2e2(read_m2e2(split, root=root), counts["m2e2"], 0.3, seed), split, stage,
+        out += m2e2_examples(balance_m2e2(read_m2e2(split, root=root), counts["m2e2"], m2e2_none_fraction,
+                                                  seed), split, stage,
                              seed, options)
     random.Random(f"mix-{seed}-{stage}").shuffle(out)
     return out

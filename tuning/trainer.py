@@ -170,7 +170,8 @@ def build_examples(config: TrainConfig, model: ReamoModel) -> list[InstructionEx
             pairs += speech_pairs(_sentences(data, data.speech), data.speech_cache, data.seed)
         examples += caption_examples(pairs, data.split, data.seed)
     elif any(counts.values()):
-        examples += uie_examples(data.split, counts, data.seed, stage, options, data.root, data.mnre_none_fraction)
+        examples += uie_examples(data.split, counts, data.seed, stage, options, data.root, data.mnre_none_fraction,
+                                 data.m2e2_none_fraction)
     if stage == 4 and data.invocation:
         examples += invocation_examples(_sentences(data, data.invocation), data.split, data.seed, options=options)
     if stage in (3, 4) and data.speech:
