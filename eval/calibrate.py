@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from reamo.eval.metrics import relation_classification_scores
+from reamo.eval.metrics import evaluate, relation_classification_scores
 from reamo.eval.runner import DATASETS, given_pair
 from tqdm.auto import tqdm
 
@@ -152,7 +152,7 @@ class EventScore(BaseModel):
 
     id: str
     margin: float | None
-    correct: int  # predicted events whose type and trigger span match a gold event
+    correct: int  # predicted events whose type and exact trigger span match a gold event (ET)
     predicted: int
     gold: int
 
@@ -176,10 +176,6 @@ def held_out_sentences(exclude_texts: set[str], limit: int, seed: int = 0) -> li
     return random.Random(f"calibrate-events-{seed}").sample(sentences, min(limit, len(sentences)))
 
 
-def _trigger_keys(result: Any) -> list[tuple[str, int, int]]:
-    return [(e.type, e.trigger.span.start, e.trigger.span.end) for e in result.events if e.trigger.span is not None]
-
-
 def score_events(agent: Any, examples: Sequence[Example], batch_size: int = 8) -> list[EventScore]:
     """Greedy extraction for each sentence (batched), then its event margin and trigger matches."""
     spec = DATASETS["m2e2"]
@@ -189,14 +185,13 @@ def score_events(agent: Any, examples: Sequence[Example], batch_size: int = 8) -
         chunk = examples[start:start + batch_size]
         results = agent.extract_batch([e.text for e in chunk], spec.tasks, spec.labels)
         for example, result in zip(chunk, results, strict=True):
-            gold = _trigger_keys(example.gold)
-            predicted = _trigger_keys(result)
+            triggers = evaluate([(example.gold, result)], tasks=["ee"]).tasks["et"].overall  # as `reamo eval` scores
             margin = None
             if result.events:
                 request = agent.prepare(example.text, None, None, None, spec.tasks, spec.labels)
                 margin = agent.event_margin(request.prompt, request.features, result.raw_output)
-            out.append(EventScore(id=example.id, margin=margin, correct=sum(1 for k in predicted if k in gold),
-                                  predicted=len(result.events), gold=len(example.gold.events)))
+            out.append(EventScore(id=example.id, margin=margin, correct=triggers.tp, predicted=triggers.n_pred,
+                                  gold=triggers.n_gold))
         progress.update(len(chunk))
     progress.close()
     return out

@@ -384,8 +384,8 @@ def run_eval(
     out = Path(out_dir)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
 
+    spec = DATASETS.get(source, DatasetSpec(tasks=tuple(examples[0].gold.tasks)))
     if hasattr(agent, "extract"):
-        spec = DATASETS.get(source, DatasetSpec(tasks=tuple(examples[0].gold.tasks)))
         if triples:
             spec = spec.model_copy(update={"given_pairs": False})
         if speech:
@@ -419,11 +419,15 @@ def run_eval(
             n_failed=sum(1 for line in chosen if line.error), seconds_per_example=seconds,
         )
     notes = _notes(source, Path(image_dir) if image_dir else None, systems)
-    if speech:
+    if speech and hasattr(agent, "extract"):
         from reamo.eval.speech import heard_share
 
         heard, total = heard_share(examples, [lines_by_system[main_name][e.id].result for e in examples])
-        if total:
+        if total and spec.given_pairs:
+            notes.append(f"ASR: {heard} of {total} gold pair entities ({100 * heard / total:.1f}%) occur "
+                         "(case-insensitive) in the transcript the agent read; the pair is given by name, so a "
+                         "misheard name still scores, but the model must relate names its text may not contain.")
+        elif total:
             notes.append(f"ASR ceiling: {heard} of {total} gold entity/trigger mentions ({100 * heard / total:.1f}%) "
                          "occur (case-insensitive) in the transcript the agent read; exact-match recall cannot "
                          "exceed that share.")

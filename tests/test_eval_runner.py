@@ -268,3 +268,29 @@ def test_event_calibration_picks_the_margin_with_the_best_trigger_f1() -> None:
     assert calibration.f1 == pytest.approx(2 / 3) and calibration.precision == 1.0 and calibration.recall == 0.5
     assert calibration.greedy_f1 == pytest.approx(0.4)
     assert calibration.n_with_events == 4
+
+
+def test_speech_report_gives_the_asr_ceiling(tmp_path) -> None:
+    """The speech version really speaks each tweet (espeak-ng) and hands the agent the audio alone; a stand-in agent
+    that 'hears' only the first word of each tweet leaves a ceiling the report must state."""
+
+    class FirstWordHearer:
+        settings = None
+
+        def __init__(self) -> None:
+            self.audio: list[Path] = []
+
+        def extract(self, text=None, audio=None, tasks=(), labels=None, pairs=None, **_: object) -> Result:
+            self.audio.append(Path(audio))
+            assert text is None  # the audio alone
+            return Result(text="", tasks=list(tasks), context=f'Speech transcript: "{self.heard.pop(0)}"')
+
+    examples, _ = load_examples("gmner:dev", limit=2)
+    agent = FirstWordHearer()
+    agent.heard = [e.text.split()[0] for e in examples]
+    report = run_eval("gmner:dev", agent, tmp_path, limit=2, baselines=False, plots=False, speech=True)
+    assert len(agent.audio) == 2 and all(p.is_file() and p.stat().st_size > 1000 for p in agent.audio)
+    heard = sum(1 for e, word in zip(examples, [e.text.split()[0] for e in examples])
+                for g in e.gold.entities if g.text.casefold() in f'speech transcript: "{word}"'.casefold())
+    total = sum(len(e.gold.entities) for e in examples)
+    assert any(n.startswith(f"ASR ceiling: {heard} of {total} ") for n in report.notes)
