@@ -277,12 +277,7 @@ def calibrate_pairs(
     """Calibrate the given-pair relation-vs-None margin on held-out MNRE train pairs (never dev); writes settings.json."""
     from reamo.eval.calibrate import calibrate
 
-    try:
-        agent = _load_agent(model, 48, pair_none_bias=None)
-        result = calibrate(agent, config, out, limit=limit)
-    except ReamoError as err:
-        _fail(str(err))
-    console.print_json(result.model_dump_json())
+    _calibrate(calibrate, model, config, out, limit, max_new_tokens=48, pair_none_bias=None)
 
 
 @app.command("calibrate-events")
@@ -296,9 +291,15 @@ def calibrate_events_command(
     """Calibrate the events-vs-None margin on held-out M2E2 train sentences (never dev); writes settings.json."""
     from reamo.eval.calibrate import calibrate_events
 
+    _calibrate(calibrate_events, model, config, out, limit, max_new_tokens=160, event_none_bias=None)
+
+
+def _calibrate(run: Any, model: str, config: Path, out: Path, limit: int, max_new_tokens: int,
+               **undecided: Any) -> None:
+    """Load the model with the decision being calibrated switched off, run the calibration, print its result."""
     try:
-        agent = _load_agent(model, 160, event_none_bias=None)
-        result = calibrate_events(agent, config, out, limit=limit)
+        agent = _load_agent(model, max_new_tokens, **undecided)
+        result = run(agent, config, out, limit=limit)
     except ReamoError as err:
         _fail(str(err))
     console.print_json(result.model_dump_json())
