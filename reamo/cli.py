@@ -266,12 +266,18 @@ def evaluate(
         console.print(report.read_text(encoding="utf-8"))
 
 
+# Options both calibration commands take (the model, the recipe whose sentences stay out, the settings file).
+_CALIBRATED_MODEL = typer.Option("default", "--model", "-m", help="'default' or a model folder.")
+_TUNING_RECIPE = typer.Option(Path("tuning/configs/default_smollm2.yaml"), "--config",
+                              help="The recipe the model was tuned with: its sentences are kept out.")
+_SETTINGS_OUT = typer.Option(Path("reamo/weights/default/settings.json"), "--out", "-o")
+
+
 @app.command("calibrate-pairs")
 def calibrate_pairs(
-    model: str = typer.Option("default", "--model", "-m", help="'default' or a model folder."),
-    config: Path = typer.Option(Path("tuning/configs/default_smollm2.yaml"), "--config",
-                                help="The recipe the model was tuned with: its sentences are kept out."),
-    out: Path = typer.Option(Path("reamo/weights/default/settings.json"), "--out", "-o"),
+    model: str = _CALIBRATED_MODEL,
+    config: Path = _TUNING_RECIPE,
+    out: Path = _SETTINGS_OUT,
     limit: int = typer.Option(300, "--limit", min=10, help="Held-out MNRE train pairs to score."),
 ) -> None:
     """Calibrate the given-pair relation-vs-None margin on held-out MNRE train pairs (never dev); writes settings.json."""
@@ -282,10 +288,9 @@ def calibrate_pairs(
 
 @app.command("calibrate-events")
 def calibrate_events_command(
-    model: str = typer.Option("default", "--model", "-m", help="'default' or a model folder."),
-    config: Path = typer.Option(Path("tuning/configs/default_smollm2.yaml"), "--config",
-                                help="The recipe the model was tuned with: its sentences are kept out."),
-    out: Path = typer.Option(Path("reamo/weights/default/settings.json"), "--out", "-o"),
+    model: str = _CALIBRATED_MODEL,
+    config: Path = _TUNING_RECIPE,
+    out: Path = _SETTINGS_OUT,
     limit: int = typer.Option(300, "--limit", min=10, help="Held-out M2E2 train sentences to score."),
 ) -> None:
     """Calibrate the events-vs-None margin on held-out M2E2 train sentences (never dev); writes settings.json."""
