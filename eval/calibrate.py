@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 
 from reamo.datasets import Example, mnre_calibration_held_out, read_m2e2, read_mnre
 
+Recipes = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]  # one tuning recipe, or one per tuning pass
+
 logger = logging.getLogger(__name__)
 
 
@@ -90,27 +92,34 @@ def best_bias(scores: Sequence[PairScore]) -> Calibration:
                        argmax_f1=f1_at(0.0).f1, n_pairs=len(scores), n_excluded_texts=0)
 
 
-def training_texts(config_path: str | os.PathLike[str]) -> set[str]:
-    """Every sentence a tuning recipe trains on (its user turns), to keep them out of calibration."""
-    from reamo.model.embedded_default import load_default_model
+def training_texts(config_paths: Recipes) -> set[str]:
+    """Every sentence the tuning recipes train on (their user turns), to keep them out of calibration. A model
+    tuned in several passes (one recipe continuing another's adapter) gives all of them."""
     from reamo.tuning.config import TrainConfig
-    from reamo.tuning.trainer import build_examples
+    from reamo.tuning.trainer import build_examples, build_model
 
-    config = TrainConfig.from_yaml(config_path)
-    model, _ = load_default_model(tuned=False) if config.model == "default" else (None, False)
-    if model is None:
-        from reamo.model import ReamoModel
-
-        model = ReamoModel.from_pretrained(str(config.model))
-    texts = set()
-    for item in build_examples(config, model):
-        content = item.messages[1]["content"]
-        body = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
-        texts |= {line.removeprefix("Text: ") for line in body.splitlines() if line.startswith("Text: ")}
+    texts: set[str] = set()
+    for config_path in _as_paths(config_paths):
+        config = TrainConfig.from_yaml(config_path)
+        model = build_model(config)  # the builders need the model's tokenizer and media kinds
+        for item in build_examples(config, model):
+            content = item.messages[1]["content"]
+            body = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+            texts |= {line.removeprefix("Text: ") for line in body.splitlines() if line.startswith("Text: ")}
     return texts
 
 
-def calibrate(agent: Any, config_path: str | os.PathLike[str], out: str | os.PathLike[str], limit: int = 300,
+def _as_paths(config_paths: Recipes) -> list[Path]:
+    if isinstance(config_paths, (str, os.PathLike)):
+        return [Path(config_paths)]
+    return [Path(p) for p in config_paths]
+
+
+def _recipe_names(config_paths: Recipes) -> str:
+    return " + ".join(p.name for p in _as_paths(config_paths))
+
+
+def calibrate(agent: Any, config_path: Recipes, out: str | os.PathLike[str], limit: int = 300,
               seed: int = 0) -> Calibration:
     """Score held-out train pairs, pick the margin, write {"pair_none_bias": b, "_about": ...} into `out`."""
     excluded = training_texts(config_path)
@@ -118,10 +127,10 @@ def calibrate(agent: Any, config_path: str | os.PathLike[str], out: str | os.Pat
     scores = score_pairs(agent, examples)
     calibration = best_bias(scores).model_copy(update={"n_excluded_texts": len(excluded)})
     write_setting(out, "pair_none_bias", calibration.bias, (
-        f"calibrated on {calibration.n_pairs} MNRE train pairs whose sentences {Path(config_path).name} does not "
-        f"train on (seed {seed}): micro F1 {calibration.f1:.3f} there vs {calibration.argmax_f1:.3f} with the "
-        "plain most-likely answer; reamo calibrate-pairs"), calibration.model_dump(), about_key="calibration",
-        drop=("pair_relation_threshold",))
+        f"calibrated on {calibration.n_pairs} MNRE train pairs whose sentences no tuning pass trained on "
+        f"({_recipe_names(config_path)}; seed {seed}): micro F1 {calibration.f1:.3f} there vs "
+        f"{calibration.argmax_f1:.3f} with the plain most-likely answer; reamo calibrate-pairs"),
+        calibration.model_dump(), about_key="calibration", drop=("pair_relation_threshold",))
     return calibration
 
 
@@ -218,15 +227,16 @@ def best_event_bias(scores: Sequence[EventScore]) -> EventCalibration:
                             n_with_events=sum(1 for s in scores if s.gold), n_excluded_texts=0)
 
 
-def calibrate_events(agent: Any, config_path: str | os.PathLike[str], out: str | os.PathLike[str],
+def calibrate_events(agent: Any, config_path: Recipes, out: str | os.PathLike[str],
                      limit: int = 300, seed: int = 0) -> EventCalibration:
     """Score held-out M2E2 train sentences, pick `event_none_bias`, write it into `out` (settings.json)."""
     excluded = training_texts(config_path)
     scores = score_events(agent, held_out_sentences(excluded, limit, seed))
     calibration = best_event_bias(scores).model_copy(update={"n_excluded_texts": len(excluded)})
     write_setting(out, "event_none_bias", calibration.bias, (
-        f"calibrated on {calibration.n_sentences} M2E2 train sentences {Path(config_path).name} does not train on "
-        f"(seed {seed}; {calibration.n_with_events} with events): trigger F1 {calibration.f1:.3f} there vs "
+        f"calibrated on {calibration.n_sentences} M2E2 train sentences no tuning pass trained on "
+        f"({_recipe_names(config_path)}; seed {seed}; {calibration.n_with_events} with events): "
+        f"trigger F1 {calibration.f1:.3f} there vs "
         f"{calibration.greedy_f1:.3f} keeping every event greedy decoding writes; reamo calibrate-events"),
         calibration.model_dump(), about_key="event_calibration")
     return calibration

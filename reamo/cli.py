@@ -268,15 +268,16 @@ def evaluate(
 
 # Options both calibration commands take (the model, the recipe whose sentences stay out, the settings file).
 _CALIBRATED_MODEL = typer.Option("default", "--model", "-m", help="'default' or a model folder.")
-_TUNING_RECIPE = typer.Option(Path("tuning/configs/default_smollm2.yaml"), "--config",
-                              help="The recipe the model was tuned with: its sentences are kept out.")
+_TUNING_RECIPES = typer.Option(
+    [Path("tuning/configs/default_smollm2.yaml"), Path("tuning/configs/default_smollm2_more.yaml")], "--config",
+    help="The recipe(s) the model was tuned with, one --config per pass: their sentences are kept out.")
 _SETTINGS_OUT = typer.Option(Path("reamo/weights/default/settings.json"), "--out", "-o")
 
 
 @app.command("calibrate-pairs")
 def calibrate_pairs(
     model: str = _CALIBRATED_MODEL,
-    config: Path = _TUNING_RECIPE,
+    config: list[Path] = _TUNING_RECIPES,
     out: Path = _SETTINGS_OUT,
     limit: int = typer.Option(300, "--limit", min=10, help="Held-out MNRE train pairs to score."),
 ) -> None:
@@ -289,7 +290,7 @@ def calibrate_pairs(
 @app.command("calibrate-events")
 def calibrate_events_command(
     model: str = _CALIBRATED_MODEL,
-    config: Path = _TUNING_RECIPE,
+    config: list[Path] = _TUNING_RECIPES,
     out: Path = _SETTINGS_OUT,
     limit: int = typer.Option(300, "--limit", min=10, help="Held-out M2E2 train sentences to score."),
 ) -> None:
@@ -299,7 +300,7 @@ def calibrate_events_command(
     _calibrate(calibrate_events, model, config, out, limit, max_new_tokens=160, event_none_bias=None)
 
 
-def _calibrate(run: Any, model: str, config: Path, out: Path, limit: int, max_new_tokens: int,
+def _calibrate(run: Any, model: str, config: list[Path], out: Path, limit: int, max_new_tokens: int,
                **undecided: Any) -> None:
     """Load the model with the decision being calibrated switched off, run the calibration, print its result."""
     try:

@@ -294,3 +294,24 @@ def test_speech_report_gives_the_asr_ceiling(tmp_path) -> None:
                 for g in e.gold.entities if g.text.casefold() in f'speech transcript: "{word}"'.casefold())
     total = sum(len(e.gold.entities) for e in examples)
     assert any(n.startswith(f"ASR ceiling: {heard} of {total} ") for n in report.notes)
+
+
+def test_calibration_keeps_out_the_sentences_of_every_tuning_pass(tiny_llm_dir, tmp_path) -> None:
+    """A model tuned in two passes (the second continuing the first's adapter) is calibrated on sentences neither
+    pass trained on."""
+    import yaml
+    from reamo.eval.calibrate import held_out_sentences, training_texts
+
+    model = ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]).model_dump()
+    recipes = []
+    for seed in (0, 1):
+        recipe = {"stage": 4, "model": model, "output_dir": str(tmp_path / f"pass{seed}"),
+                  "data": {"m2e2": 30, "gmner_text": 10, "seed": seed}}
+        recipes.append(tmp_path / f"pass{seed}.yaml")
+        recipes[-1].write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    first, second = training_texts(recipes[0]), training_texts(recipes[1])
+    both = training_texts(recipes)
+    assert both == first | second and len(both) > max(len(first), len(second))  # the seeds drew other sentences
+    held = held_out_sentences(both, limit=5000)
+    assert held and not {e.text for e in held} & both
+    assert {e.text for e in held_out_sentences(first, limit=5000)} & second  # one recipe alone would leak pass 2

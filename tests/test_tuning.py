@@ -211,7 +211,7 @@ def test_speech_examples_with_espeak(tmp_path, shared_data) -> None:
 
 
 @pytest.mark.parametrize("name", ["stage1_uie", "stage2_alignment", "stage3_grounding", "stage4_invocation",
-                                  "default_smollm2", "qlora_vicuna7b"])
+                                  "default_smollm2", "default_smollm2_more", "qlora_vicuna7b"])
 def test_shipped_configs_load(name: str) -> None:
     config = TrainConfig.from_yaml(CONFIGS / f"{name}.yaml")
     assert config.data.split == "train"
@@ -440,7 +440,10 @@ def test_exported_adapter_is_bfloat16_loads_and_keeps_the_old_one_on_failure(tmp
     target = export_adapter(folder, tmp_path / "shipped")
     weights = load_file(str(target / "adapter_model.safetensors"))
     assert weights and all(w.dtype == torch.bfloat16 for w in weights.values())
-    assert json.loads((target / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m-instruct"
+    shipped_config = json.loads((target / "adapter_config.json").read_text())
+    assert shipped_config["base_model_name_or_path"] == "smollm2-135m-instruct"
+    modules = shipped_config["target_modules"]
+    assert len(modules) > 1 and modules == sorted(modules)  # re-exports of the same layout write the same file
     original = lora_state(folder)
     for key, value in weights.items():
         torch.testing.assert_close(value.float(), original[key], rtol=1e-2, atol=1e-3)

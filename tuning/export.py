@@ -46,6 +46,8 @@ def export_adapter(model_folder: str | os.PathLike[str], target: str | os.PathLi
         save_file(weights, str(staging / ADAPTER_WEIGHTS))
         config = json.loads((source / ADAPTER_CONFIG).read_text(encoding="utf-8"))
         config["base_model_name_or_path"] = base_name
+        if isinstance(config.get("target_modules"), list):  # peft writes a set: sort it so re-exports diff cleanly
+            config["target_modules"] = sorted(config["target_modules"])
         (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         backup = out.with_name(f".{out.name}.old")
         shutil.rmtree(backup, ignore_errors=True)
