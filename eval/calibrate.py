@@ -92,43 +92,42 @@ def best_bias(scores: Sequence[PairScore]) -> Calibration:
                        argmax_f1=f1_at(0.0).f1, n_pairs=len(scores), n_excluded_texts=0)
 
 
-def training_texts(config_paths: Recipes) -> set[str]:
+def training_texts(recipes: Recipes) -> set[str]:
     """Every sentence the tuning recipes train on (their user turns), to keep them out of calibration. A model
-    tuned in several passes (one recipe continuing another's adapter) gives all of them."""
+    tuned in several passes (one recipe continuing another's adapter) gives all of them. Only the recipes are read:
+    which sentences a recipe draws does not depend on its model, so no model is loaded."""
     from reamo.tuning.config import TrainConfig
-    from reamo.tuning.trainer import build_examples, build_model
+    from reamo.tuning.trainer import build_examples
 
     texts: set[str] = set()
-    for config_path in _as_paths(config_paths):
-        config = TrainConfig.from_yaml(config_path)
-        model = build_model(config)  # the builders need the model's tokenizer and media kinds
-        for item in build_examples(config, model):
+    for recipe in _as_paths(recipes):
+        for item in build_examples(TrainConfig.from_yaml(recipe)):
             content = item.messages[1]["content"]
             body = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
             texts |= {line.removeprefix("Text: ") for line in body.splitlines() if line.startswith("Text: ")}
     return texts
 
 
-def _as_paths(config_paths: Recipes) -> list[Path]:
-    if isinstance(config_paths, (str, os.PathLike)):
-        return [Path(config_paths)]
-    return [Path(p) for p in config_paths]
+def _as_paths(recipes: Recipes) -> list[Path]:
+    if isinstance(recipes, (str, os.PathLike)):
+        return [Path(recipes)]
+    return [Path(p) for p in recipes]
 
 
-def _recipe_names(config_paths: Recipes) -> str:
-    return " + ".join(p.name for p in _as_paths(config_paths))
+def _recipe_names(recipes: Recipes) -> str:
+    return " + ".join(p.name for p in _as_paths(recipes))
 
 
-def calibrate(agent: Any, config_path: Recipes, out: str | os.PathLike[str], limit: int = 300,
+def calibrate(agent: Any, recipes: Recipes, out: str | os.PathLike[str], limit: int = 300,
               seed: int = 0) -> Calibration:
     """Score held-out train pairs, pick the margin, write {"pair_none_bias": b, "_about": ...} into `out`."""
-    excluded = training_texts(config_path)
+    excluded = training_texts(recipes)
     examples = held_out_pairs(excluded, limit, seed)
     scores = score_pairs(agent, examples)
     calibration = best_bias(scores).model_copy(update={"n_excluded_texts": len(excluded)})
     write_setting(out, "pair_none_bias", calibration.bias, (
         f"calibrated on {calibration.n_pairs} MNRE train pairs whose sentences no tuning pass trained on "
-        f"({_recipe_names(config_path)}; seed {seed}): micro F1 {calibration.f1:.3f} there vs "
+        f"({_recipe_names(recipes)}; seed {seed}): micro F1 {calibration.f1:.3f} there vs "
         f"{calibration.argmax_f1:.3f} with the plain most-likely answer; reamo calibrate-pairs"),
         calibration.model_dump(), about_key="calibration", drop=("pair_relation_threshold",))
     return calibration
@@ -227,15 +226,15 @@ def best_event_bias(scores: Sequence[EventScore]) -> EventCalibration:
                             n_with_events=sum(1 for s in scores if s.gold), n_excluded_texts=0)
 
 
-def calibrate_events(agent: Any, config_path: Recipes, out: str | os.PathLike[str],
+def calibrate_events(agent: Any, recipes: Recipes, out: str | os.PathLike[str],
                      limit: int = 300, seed: int = 0) -> EventCalibration:
     """Score held-out M2E2 train sentences, pick `event_none_bias`, write it into `out` (settings.json)."""
-    excluded = training_texts(config_path)
+    excluded = training_texts(recipes)
     scores = score_events(agent, held_out_sentences(excluded, limit, seed))
     calibration = best_event_bias(scores).model_copy(update={"n_excluded_texts": len(excluded)})
     write_setting(out, "event_none_bias", calibration.bias, (
         f"calibrated on {calibration.n_sentences} M2E2 train sentences no tuning pass trained on "
-        f"({_recipe_names(config_path)}; seed {seed}; {calibration.n_with_events} with events): "
+        f"({_recipe_names(recipes)}; seed {seed}; {calibration.n_with_events} with events): "
         f"trigger F1 {calibration.f1:.3f} there vs "
         f"{calibration.greedy_f1:.3f} keeping every event greedy decoding writes; reamo calibrate-events"),
         calibration.model_dump(), about_key="event_calibration")

@@ -29,6 +29,7 @@ from reamo.media import (
 )
 from reamo.model import ReamoModel
 from reamo.model.embedded_default import BASE_NAMES, DEFAULT_NAMES, load_default_model, shipped_settings
+from reamo.label_filter import keep_requested_labels
 from reamo.prompting import MODULE_FOR_MODALITY, build_messages, resolve_labels
 from reamo.protocol import format_relation, parse
 from reamo.schema import ALL_TASKS, Labels, Problem, Result, Task, ToolCall
@@ -249,7 +250,7 @@ class Agent:
         for request, raw in zip(requests, raws, strict=True):
             request.timings["generate"] = shared
             result = self.finish(raw, request.text, tasks, request.media, request.context, request.timings,
-                                 request.started)
+                                 request.started, request.labels)
             results.append(self.decide_events(request.prompt, request.features, result))
         return results
 
@@ -287,7 +288,8 @@ class Agent:
         timings["generate"] = time.perf_counter() - mark
         if given:
             yield f"grounding entities in the {' and '.join(given)}..."
-        yield self.decide_events(prompt, features, self.finish(raw, text, tasks, media, context, timings, started))
+        yield self.decide_events(prompt, features, self.finish(raw, text, tasks, media, context, timings, started,
+                                                             request.labels))
 
     def best_pair_relation(self, request: PreparedRequest, pair: tuple[str, str]) -> tuple[str, float]:
         """The offered relation the model finds most likely for `pair` and its log-likelihood margin over "None"
@@ -359,10 +361,14 @@ class Agent:
         context: str,
         timings: dict[str, float],
         started: float,
+        labels: Labels,
     ) -> Result:
-        """Parse model output, align spans, run every tool call, attach groundings: the back half of `extract`."""
+        """Parse model output, align spans, keep the requested types, run every tool call, attach groundings: the
+        back half of `extract`."""
         parsed = parse(raw)
         entities, relations, events, problems = align(text, parsed, self.settings.keep_unaligned)
+        entities, relations, events, off_label = keep_requested_labels(entities, relations, events, labels)
+        problems.extend(off_label)
         if "ner" not in tasks:
             entities = []
         if "re" not in tasks:

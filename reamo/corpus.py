@@ -207,7 +207,7 @@ class AgentActor:
                 mark = time.perf_counter()
                 try:
                     result = self.agent.finish(raw, item["text"], self.tasks, item["media"], item["context"],
-                                               item["timings"], item["started"])
+                                               item["timings"], item["started"], item["labels"])
                     result = self.agent.decide_events(item["prompt"], item["features"], result)
                     results[r] = result.model_dump_json()
                 except ReamoError as error:

@@ -10,7 +10,8 @@ from reamo.agent import Agent
 from reamo.errors import ConfigError
 from reamo.media import MediaBundle, load_audio
 from reamo.model import ReamoConfig, ReamoModel
-from reamo.schema import NoRegion, Result, TimeSpan
+from reamo.prompting import resolve_labels
+from reamo.schema import Labels, NoRegion, Result, TimeSpan
 from reamo.tools.registry import ToolRegistry
 
 TEXT = "Rafael Nadal gets engaged to Mery Perello in Mallorca."
@@ -47,7 +48,7 @@ def test_back_half_parses_aligns_dispatches_and_attaches(tiny_agent: Agent) -> N
     import numpy as np
 
     media = MediaBundle(audio=load_audio(np.zeros(16000, dtype=np.float32)))
-    result = tiny_agent.finish(raw, TEXT, ("ner", "re"), media, "", {}, time.perf_counter())
+    result = tiny_agent.finish(raw, TEXT, ("ner", "re"), media, "", {}, time.perf_counter(), resolve_labels(None))
     assert [(e.text, TEXT[e.span.start : e.span.end]) for e in result.entities] == [
         ("Rafael Nadal", "Rafael Nadal"), ("Mery Perello", "Mery Perello"), ("Mallorca", "Mallorca"),
     ]
@@ -61,6 +62,28 @@ def test_back_half_parses_aligns_dispatches_and_attaches(tiny_agent: Agent) -> N
     assert any("unknown tool 'ImageSegmentation'" in p.message for p in result.problems)
     assert isinstance(result.entities[2].grounding("audio"), TimeSpan)  # auto-grounded "Mallorca"
     assert Result.model_validate_json(result.to_json()) == result
+
+
+def test_types_outside_the_requested_labels_are_dropped_and_reported(tiny_agent: Agent) -> None:
+    # a garbled speech transcript made the model split an entity line at the wrong comma
+    raw = (
+        "Entities: (Rafael Nadal, per)(Mery, Perello PER)(Mallorca, LOC)\n"
+        "Relations: (Rafael Nadal, couple, Mery)(Rafael Nadal, engaged_to, Mallorca)\n"
+        "Events: [Life:Marry | engaged | Person: Rafael Nadal][Life:Engage | engaged | Person: Mery]"
+    )
+    labels = Labels(entity_types=["PER", "LOC"], relation_types=["couple"], event_types=["Life:Marry"])
+    result = tiny_agent.finish(raw, TEXT, ("ner", "re", "ee"), MediaBundle(), "", {}, time.perf_counter(), labels)
+    assert [(e.text, e.type) for e in result.entities] == [("Rafael Nadal", "PER"), ("Mallorca", "LOC")]
+    assert [(r.head.text, r.type, r.tail.text) for r in result.relations] == [("Rafael Nadal", "couple", "Mery")]
+    assert [e.type for e in result.events] == ["Life:Marry"]
+    dropped = [p.message for p in result.problems if p.message.startswith("dropped")]
+    assert len(dropped) == 3
+    assert "'Perello PER'" in dropped[0] and "labels.entity_types" in dropped[0]
+    assert "'engaged_to'" in dropped[1] and "labels.relation_types" in dropped[1]
+    assert "'Life:Engage'" in dropped[2] and "labels.event_types" in dropped[2]
+    # empty label lists allow any type
+    anything = tiny_agent.finish(raw, TEXT, ("ner",), MediaBundle(), "", {}, time.perf_counter(), Labels())
+    assert [e.type for e in anything.entities] == ["per", "Perello PER", "LOC"]
 
 
 def test_extract_runs_the_whole_chain_on_a_tiny_model(tiny_agent: Agent) -> None:
@@ -157,7 +180,8 @@ def test_written_events_are_kept_only_above_the_event_margin(tiny_agent: Agent) 
     assert tiny_agent.event_margin(request.prompt, {}, "Entities: (Mallorca, LOC)\nEvents: None") is None
 
     def finished():
-        return tiny_agent.finish(raw, text, ("ner", "ee"), MediaBundle(), "", {}, time.perf_counter())
+        return tiny_agent.finish(raw, text, ("ner", "ee"), MediaBundle(), "", {}, time.perf_counter(),
+                                 resolve_labels(None))
 
     assert [e.type for e in finished().events] == ["Conflict:Attack"]
     old = tiny_agent.settings.event_none_bias

@@ -305,8 +305,9 @@ def test_calibration_keeps_out_the_sentences_of_every_tuning_pass(tiny_llm_dir, 
     model = ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]).model_dump()
     recipes = []
     for seed in (0, 1):
-        recipe = {"stage": 4, "model": model, "output_dir": str(tmp_path / f"pass{seed}"),
-                  "data": {"m2e2": 30, "gmner_text": 10, "seed": seed}}
+        # the second pass continues a folder that is not there (a fresh clone has no runs/): only the recipe is read
+        recipe = {"stage": 4, "model": model if seed == 0 else str(tmp_path / "pass0" / "final"),
+                  "output_dir": str(tmp_path / f"pass{seed}"), "data": {"m2e2": 30, "gmner_text": 10, "seed": seed}}
         recipes.append(tmp_path / f"pass{seed}.yaml")
         recipes[-1].write_text(yaml.safe_dump(recipe), encoding="utf-8")
     first, second = training_texts(recipes[0]), training_texts(recipes[1])

@@ -15,6 +15,7 @@ import os
 import random
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +146,12 @@ def load_trainable(model: ReamoModel, folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def build_examples(config: TrainConfig, model: ReamoModel) -> list[InstructionExample]:
-    """The stage's data mix from `config.data` (deterministic for a seed, so a resumed run sees the same order)."""
+def build_examples(config: TrainConfig, encoded: Sequence[str] = ()) -> list[InstructionExample]:
+    """The stage's data mix from `config.data` (deterministic for a seed, so a resumed run sees the same order).
+
+    `encoded`: the media kinds the model encodes itself (their prompts get placeholders, the others tool-made
+    text). It shapes the prompts only, never which sentences are drawn.
+    """
     from reamo.tuning.captions import caption_examples, photo_pairs, speech_pairs
     from reamo.tuning.data import uie_examples
     from reamo.tuning.invocation import invocation_examples
@@ -155,7 +160,7 @@ def build_examples(config: TrainConfig, model: ReamoModel) -> list[InstructionEx
     data, stage = config.data, config.stage
     refuse_eval_split(data.split)
     options = BuildOptions(shuffle_labels_prob=data.shuffle_labels_prob, subset_labels_prob=data.subset_labels_prob,
-                           paraphrase_prob=data.paraphrase_prob, encoded=list(model.encoded_modalities))
+                           paraphrase_prob=data.paraphrase_prob, encoded=list(encoded))
     examples: list[InstructionExample] = []
     counts = {"gmner": data.gmner, "gmner_text": data.gmner_text, "mnre": data.mnre, "mnre_pairs": data.mnre_pairs,
               "m2e2": data.m2e2}
@@ -320,7 +325,7 @@ def train(config: TrainConfig) -> Path:
     if config.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.llm.enable_input_require_grads()
-    dataset = InstructionDataset(model, build_examples(config, model), config.max_seq_len, config.data.media_root)
+    dataset = InstructionDataset(model, build_examples(config, model.encoded_modalities), config.max_seq_len, config.data.media_root)
     resume_from = None
     if config.resume:
         resume_from = latest_complete_checkpoint(output_dir)
