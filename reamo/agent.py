@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reamo.alignment import align, attach_groundings, normalize
 from reamo.errors import ConfigError
+from reamo.label_filter import keep_requested_labels
 from reamo.media import (
     LoadedAudio,
     LoadedImage,
@@ -29,7 +30,6 @@ from reamo.media import (
 )
 from reamo.model import ReamoModel
 from reamo.model.embedded_default import BASE_NAMES, DEFAULT_NAMES, load_default_model, shipped_settings
-from reamo.label_filter import keep_requested_labels
 from reamo.prompting import MODULE_FOR_MODALITY, build_messages, resolve_labels
 from reamo.protocol import format_relation, parse
 from reamo.schema import ALL_TASKS, Labels, Problem, Result, Task, ToolCall
@@ -367,14 +367,14 @@ class Agent:
         back half of `extract`."""
         parsed = parse(raw)
         entities, relations, events, problems = align(text, parsed, self.settings.keep_unaligned)
-        entities, relations, events, off_label = keep_requested_labels(entities, relations, events, labels)
-        problems.extend(off_label)
         if "ner" not in tasks:
             entities = []
         if "re" not in tasks:
             relations = []
         if "ee" not in tasks:
             events = []
+        entities, relations, events, off_label = keep_requested_labels(entities, relations, events, labels)
+        problems.extend(off_label)
         given = {m for m in ("image", "video", "audio") if getattr(media, m) is not None}
         calls = [c for c in parsed.tool_calls]
         if self.settings.auto_ground:

@@ -81,6 +81,9 @@ def test_types_outside_the_requested_labels_are_dropped_and_reported(tiny_agent:
     assert "'Perello PER'" in dropped[0] and "labels.entity_types" in dropped[0]
     assert "'engaged_to'" in dropped[1] and "labels.relation_types" in dropped[1]
     assert "'Life:Engage'" in dropped[2] and "labels.event_types" in dropped[2]
+    # only the asked tasks are checked: no problems about relations or events nobody asked for
+    only_ner = tiny_agent.finish(raw, TEXT, ("ner",), MediaBundle(), "", {}, time.perf_counter(), labels)
+    assert [p.message for p in only_ner.problems if p.message.startswith("dropped")] == dropped[:1]
     # empty label lists allow any type
     anything = tiny_agent.finish(raw, TEXT, ("ner",), MediaBundle(), "", {}, time.perf_counter(), Labels())
     assert [e.type for e in anything.entities] == ["per", "Perello PER", "LOC"]
