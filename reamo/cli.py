@@ -270,7 +270,8 @@ def evaluate(
 _CALIBRATED_MODEL = typer.Option("default", "--model", "-m", help="'default' or a model folder.")
 _TUNING_RECIPES = typer.Option(
     [Path("tuning/configs/default_smollm2.yaml"), Path("tuning/configs/default_smollm2_more.yaml"),
-     Path("tuning/configs/default_smollm2_third.yaml"), Path("tuning/configs/default_smollm2_fourth.yaml")],
+     Path("tuning/configs/default_smollm2_third.yaml"), Path("tuning/configs/default_smollm2_fourth.yaml"),
+     Path("tuning/configs/default_smollm2_fifth.yaml")],
     "--config",
     help="The recipe(s) the model was tuned with, one --config per pass: their sentences are kept out.")
 _SETTINGS_OUT = typer.Option(Path("reamo/weights/default/settings.json"), "--out", "-o")

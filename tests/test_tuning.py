@@ -212,7 +212,7 @@ def test_speech_examples_with_espeak(tmp_path, shared_data) -> None:
 
 @pytest.mark.parametrize("name", ["stage1_uie", "stage2_alignment", "stage3_grounding", "stage4_invocation",
                                   "default_smollm2", "default_smollm2_more", "default_smollm2_third",
-                                  "default_smollm2_fourth",
+                                  "default_smollm2_fourth", "default_smollm2_fifth",
                                   "qlora_vicuna7b"])
 def test_shipped_configs_load(name: str) -> None:
     config = TrainConfig.from_yaml(CONFIGS / f"{name}.yaml")
