@@ -32,7 +32,7 @@ from reamo.tuning.data import (
     uie_examples,
 )
 from reamo.tuning.invocation import COMBINATIONS, invocation_example
-from reamo.tuning.trainer import latest_complete_checkpoint, train
+from reamo.tuning.trainer import latest_complete_checkpoint, train, use_bf16
 
 CONFIGS = Path(__file__).resolve().parents[1] / "tuning" / "configs"
 EXACT = BuildOptions(shuffle_labels_prob=0, subset_labels_prob=0, paraphrase_prob=0)
@@ -217,6 +217,15 @@ def test_speech_examples_with_espeak(tmp_path, shared_data) -> None:
 def test_shipped_configs_load(name: str) -> None:
     config = TrainConfig.from_yaml(CONFIGS / f"{name}.yaml")
     assert config.data.split == "train"
+
+
+def test_bf16_falls_back_to_float32_on_cpus_without_bfloat16_kernels(caplog) -> None:
+    assert use_bf16(True, cuda=False, cpu_has_bf16=True)
+    assert use_bf16(True, cuda=True, cpu_has_bf16=False)
+    assert not use_bf16(False, cuda=True, cpu_has_bf16=True)
+    with caplog.at_level("WARNING", logger="reamo.tuning.trainer"):
+        assert not use_bf16(True, cuda=False, cpu_has_bf16=False)
+    assert "float32" in caplog.text and "bf16: false" in caplog.text
 
 
 def test_yaml_errors_name_the_key(tmp_path) -> None:
