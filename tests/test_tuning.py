@@ -225,7 +225,7 @@ def test_bf16_falls_back_to_float32_on_cpus_without_bfloat16_kernels(caplog) -> 
     assert not use_bf16(False, cuda=True, cpu_has_bf16=True)
     with caplog.at_level("WARNING", logger="reamo.tuning.trainer"):
         assert not use_bf16(True, cuda=False, cpu_has_bf16=False)
-    assert "float32" in caplog.text and "bf16: false" in caplog.text
+    assert "float32" in caplog.text and "bf16: false" in caplog.text and "grad_accum" in caplog.text
 
 
 def test_yaml_errors_name_the_key(tmp_path) -> None:
