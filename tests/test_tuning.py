@@ -32,7 +32,7 @@ from reamo.tuning.data import (
     uie_examples,
 )
 from reamo.tuning.invocation import COMBINATIONS, invocation_example
-from reamo.tuning.trainer import latest_complete_checkpoint, train, use_bf16
+from reamo.tuning.trainer import latest_complete_checkpoint, split_micro_batch, train, use_bf16
 
 CONFIGS = Path(__file__).resolve().parents[1] / "tuning" / "configs"
 EXACT = BuildOptions(shuffle_labels_prob=0, subset_labels_prob=0, paraphrase_prob=0)
@@ -226,6 +226,27 @@ def test_bf16_falls_back_to_float32_on_cpus_without_bfloat16_kernels(caplog) -> 
     with caplog.at_level("WARNING", logger="reamo.tuning.trainer"):
         assert not use_bf16(True, cuda=False, cpu_has_bf16=False)
     assert "float32" in caplog.text and "bf16: false" in caplog.text and "grad_accum" in caplog.text
+
+
+def test_float32_fallback_splits_each_micro_batch_keeping_the_batch_per_step(tmp_path, tiny_llm_dir, shared_data,
+                                                                            monkeypatch, caplog) -> None:
+    """A bf16 recipe on a CPU without bf16 kernels trains in float32 at half the micro-batch (it would not fit)."""
+    from reamo.tuning.invocation import invocation_examples
+
+    assert split_micro_batch(16, 1) == (8, 2) and split_micro_batch(4, 3) == (2, 6)
+    assert split_micro_batch(5, 2) == (5, 2)  # odd: splitting would change the batch per step
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    write_instructions(invocation_examples(read_gmner("train", limit=8), "train"), tmp_path / "data.jsonl")
+    raw = {"stage": 4, "model": ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]).model_dump(),
+           "data": {"files": [str(tmp_path / "data.jsonl")]}, "bf16": True,
+           **common(tmp_path / "run", max_steps=1, save_steps=1, batch_size=4, grad_accum=1)}
+    with caplog.at_level("INFO", logger="reamo.tuning.trainer"):
+        train(TrainConfig.from_dict(raw))
+    assert "2 rows a micro-batch x grad_accum 2" in caplog.text
+    state = json.loads((tmp_path / "run" / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["train_batch_size"] == 2  # rows a micro-batch
+    assert state["log_history"][0]["epoch"] == pytest.approx(0.5)  # yet one step took 4 of the 8 rows: 2 x 2
 
 
 def test_yaml_errors_name_the_key(tmp_path) -> None:

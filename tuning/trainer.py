@@ -298,8 +298,7 @@ def use_bf16(requested: bool, cuda: bool | None = None, cpu_has_bf16: bool | Non
 
     Without them (e.g. AVX2-only CPUs) every bf16 matmul is emulated: the default's recipe measured ~200 s a step
     on an AVX2 AMD EPYC against ~12 s on an AVX-512 BF16 Xeon, so there it trains in float32 instead (same
-    recipe, full precision) and says so. Float32 roughly doubles activation memory: the default's recipe at 16
-    rows a micro-batch was killed at 24 GiB there; 8 rows with grad_accum 2 peaked near 8 GiB.
+    recipe, full precision) and says so; `train` then splits each micro-batch in two (`split_micro_batch`).
     """
     if not requested:
         return False
@@ -314,12 +313,26 @@ def use_bf16(requested: bool, cuda: bool | None = None, cpu_has_bf16: bool | Non
     if not cpu_has_bf16:
         logger.warning(
             "bf16: true, but this CPU has no native bfloat16 kernels (torch CPU capability %s; needs AVX-512 or "
-            "AMX): emulated bf16 is over 10x slower than float32 here, so this run trains in float32. Float32 "
-            "activations take about twice the memory: if the run is killed for memory, halve batch_size and double "
-            "grad_accum (same batch per step). Set bf16: false in the config to silence this",
+            "AMX): emulated bf16 is over 10x slower than float32 here, so this run trains in float32, with "
+            "micro-batches halved and grad_accum doubled (float32 activations take about twice the memory; same "
+            "batch per step). Set bf16: false in the config to choose float32 and the batch yourself",
             torch.backends.cpu.get_cpu_capability())
         return False
     return True
+
+
+def split_micro_batch(batch_size: int, grad_accum: int) -> tuple[int, int]:
+    """Halve the micro-batch and double accumulation: the same rows per optimizer step at about half the peak
+    activation memory, which is what the float32 fallback of a bf16 recipe needs to fit where bf16 fit (at 16 rows
+    the default's recipe was killed at 24 GiB in float32; 8 x 2 peaked near 8 GiB). An odd micro-batch cannot be
+    split without changing the step's batch, so it is kept."""
+    if batch_size % 2:
+        logger.warning("float32 fallback: batch_size %d is odd, so it is kept; if the run is killed for memory, "
+                       "set a smaller batch_size with a larger grad_accum", batch_size)
+        return batch_size, grad_accum
+    logger.info("float32 fallback: %d rows a micro-batch x grad_accum %d (the recipe's %d x %d)",
+                batch_size // 2, grad_accum * 2, batch_size, grad_accum)
+    return batch_size // 2, grad_accum * 2
 
 
 def check_writable(folder: Path) -> None:
@@ -362,11 +375,15 @@ def train(config: TrainConfig) -> Path:
             logger.info("resume: no complete checkpoint in %s, starting from step 0", output_dir)
         else:
             logger.info("resuming from %s", resume_from)
+    bf16 = use_bf16(config.bf16)
+    batch_size, grad_accum = config.batch_size, config.grad_accum
+    if config.bf16 and not bf16:
+        batch_size, grad_accum = split_micro_batch(batch_size, grad_accum)
     args = TrainingArguments(
         output_dir=str(output_dir),
         max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_steps,
@@ -378,7 +395,7 @@ def train(config: TrainConfig) -> Path:
         save_total_limit=config.save_total_limit,
         seed=config.seed,
         data_seed=config.data.seed,
-        bf16=use_bf16(config.bf16),
+        bf16=bf16,
         deepspeed=config.deepspeed,
         remove_unused_columns=False,
         dataloader_num_workers=0,
