@@ -249,6 +249,33 @@ def test_float32_fallback_splits_each_micro_batch_keeping_the_batch_per_step(tmp
     assert state["log_history"][0]["epoch"] == pytest.approx(0.5)  # yet one step took 4 of the 8 rows: 2 x 2
 
 
+def test_float32_fallback_trains_on_the_same_rows_each_step_as_the_bf16_recipe(tmp_path, tiny_llm_dir, shared_data,
+                                                                              monkeypatch) -> None:
+    """Splitting the micro-batch must not change which examples make up each optimizer step: a run resumed on a
+    machine with the other bf16 support (or a reproduction there) sees the batches the recipe saw."""
+    from reamo.tuning.collate import InstructionDataset
+    from reamo.tuning.invocation import invocation_examples
+
+    seen: list[int] = []
+    original = InstructionDataset.__getitem__
+    monkeypatch.setattr(InstructionDataset, "__getitem__", lambda self, i: (seen.append(i), original(self, i))[1])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    write_instructions(invocation_examples(read_gmner("train", limit=12), "train"), tmp_path / "data.jsonl")
+
+    def rows_per_step(bf16_kernels: bool) -> list[list[int]]:
+        seen.clear()
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_kernels)
+        raw = {"stage": 4, "model": ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]).model_dump(),
+               "data": {"files": [str(tmp_path / "data.jsonl")]}, "bf16": True,
+               **common(tmp_path / f"run-{bf16_kernels}", max_steps=2, save_steps=2, batch_size=4, grad_accum=1)}
+        train(TrainConfig.from_dict(raw))
+        return [sorted(seen[:4]), sorted(seen[4:8])]
+
+    with_kernels, without = rows_per_step(True), rows_per_step(False)
+    assert len(set(with_kernels[0] + with_kernels[1])) == 8
+    assert without == with_kernels
+
+
 def test_yaml_errors_name_the_key(tmp_path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("stage: 1\noutput_dir: out\nlearning_rat: 0.1\n")

@@ -268,9 +268,14 @@ def _trainer_class() -> type:
         share_prefix = False
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            """Groups the rows of a whole optimizer step (micro-batch x grad_accum), not of one micro-batch: each
+            micro-batch still shares its prompt start, and how a step's rows are split into micro-batches (the
+            float32 fallback halves them) no longer changes which rows make the step, so a run resumed or repeated
+            on a machine with the other bf16 support trains on the same batches."""
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.share_prefix and isinstance(dataset, InstructionDataset):
-                return PrefixGroupedSampler(dataset.groups, self._train_batch_size, seed=self.args.data_seed or 0)
+                step_rows = self._train_batch_size * self.args.gradient_accumulation_steps
+                return PrefixGroupedSampler(dataset.groups, step_rows, seed=self.args.data_seed or 0)
             return super()._get_train_sampler(train_dataset)
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -313,9 +318,9 @@ def use_bf16(requested: bool, cuda: bool | None = None, cpu_has_bf16: bool | Non
     if not cpu_has_bf16:
         logger.warning(
             "bf16: true, but this CPU has no native bfloat16 kernels (torch CPU capability %s; needs AVX-512 or "
-            "AMX): emulated bf16 is over 10x slower than float32 here, so this run trains in float32, with "
-            "micro-batches halved and grad_accum doubled (float32 activations take about twice the memory; same "
-            "batch per step). Set bf16: false in the config to choose float32 and the batch yourself",
+            "AMX): emulated bf16 is over 10x slower than float32 here, so this run trains in float32 (its "
+            "activations take about twice the memory, so an even micro-batch is halved and grad_accum doubled: "
+            "same batch per step). Set bf16: false in the config to choose float32 and the batch yourself",
             torch.backends.cpu.get_cpu_capability())
         return False
     return True
