@@ -108,7 +108,8 @@ class InstructionDataset(Dataset):
 
 
 class PrefixGroupedSampler(Sampler[int]):
-    """Random order in which each run of `batch_size` indices (one batch) comes from one group where possible.
+    """Random order in which each run of `batch_size` indices (one batch; the trainer passes an optimizer step's
+    rows, so its micro-batches split it evenly) comes from one group where possible.
 
     Groups are the examples' system messages, so a batch's prompts share their first tokens and the trainer
     computes that shared prefix once per batch (`ReamoModel.forward_shared_prefix`). Within a group the order is
