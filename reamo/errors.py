@@ -31,3 +31,11 @@ class ProtocolError(ReamoError, ValueError):
 
 class MissingDependencyError(ReamoError, ImportError):
     """An optional package is needed for this path; the message names the pip extra."""
+
+
+class QueryRefusedError(ReamoError, PermissionError):
+    """A read-only graph query that would read or write files or reach the network (COPY, LOAD FROM, INSTALL...)."""
+
+
+class QueryError(ReamoError, ValueError):
+    """Cypher the graph database rejected (syntax, unknown table or property); the message is the engine's."""

@@ -350,3 +350,117 @@ def test_embedding_merge_is_opt_in(tmp_path) -> None:
                                    "count(m) AS n ORDER BY id")
     assert rows == [{"id": "barack obama|PER", "n": 2}, {"id": "mallorca|LOC", "n": 1}]
     assert os.path.isfile(tmp_path / "emb" / "graph.lbug")
+
+
+# -- read-only queries cannot touch files or the network (issue 27, part 3) -----------------------------------------
+
+# every clause and function of LadybugDB's Cypher (src/antlr4/Cypher.g4, SHOW_FUNCTIONS) that reads or writes files,
+# loads native code or reaches the network, in the spellings a guard must see through: case, comments, several
+# statements, backtick function names, a number glued to the keyword
+FILE_STATEMENTS = {
+    "COPY TO": "COPY (RETURN 'x' AS x) TO '{out}'",
+    "COPY TO parquet": "copy (MATCH (e:Entity) RETURN e.id) to '{out}' (format='parquet')",
+    "COPY FROM": "COPY Entity FROM '{secret}'",
+    "LOAD FROM": "LOAD FROM '{secret}' (file_format='csv', delim=':', header=false) RETURN *",
+    "LOAD FROM /etc/passwd": "LOAD FROM '/etc/passwd' (file_format='csv', delim=':') RETURN *",
+    "LOAD WITH HEADERS": "LOAD WITH HEADERS (a STRING) FROM '{secret}' RETURN *",
+    "LOAD FROM glob": "Load From GLOB('{folder}/*.csv') RETURN *",
+    "LOAD FROM after MATCH": "MATCH (e:Entity) WITH e LIMIT 1LOAD FROM '{secret}' RETURN *",
+    "LOAD after a comment": "/* just reading */ LoAd // really\n FROM '{secret}' RETURN *",
+    "second statement": "MATCH (e:Entity) RETURN e.id; LOAD FROM '{secret}' RETURN *",
+    "EXPLAIN LOAD": "EXPLAIN LOAD FROM '{secret}' RETURN *",
+    "LOAD EXTENSION": "LOAD EXTENSION '{folder}/libevil.lbug_extension'",
+    "LOAD extension": "LOAD httpfs",
+    "INSTALL": "INSTALL httpfs",
+    "INSTALL FROM": "FORCE INSTALL json FROM 'http://127.0.0.1:9/'",
+    "UPDATE": "UPDATE json",
+    "UNINSTALL": "UNINSTALL json",
+    "EXPORT DATABASE": "EXPORT DATABASE '{folder}/export'",
+    "IMPORT DATABASE": "IMPORT DATABASE '{folder}/export'",
+    "ATTACH": "ATTACH '{folder}/other.lbug' AS other (dbtype lbug)",
+    "CHECKPOINT": "CHECKPOINT",
+    "READ_CSV_SERIAL": "CALL READ_CSV_SERIAL('{secret}') RETURN *",
+    "READ_CSV_PARALLEL": "CALL `read_csv_parallel` ('{secret}') RETURN *",
+    "READ_PARQUET": "CALL READ_PARQUET('{secret}') RETURN *",
+    "READ_NPY": "CALL READ_NPY('{secret}') RETURN *",
+    "READ_PANDAS": "CALL READ_PANDAS(1) RETURN *",
+    "COPY_CSV": "CALL COPY_CSV('{out}') RETURN *",
+    "home_directory": "CALL home_directory='{folder}'",
+    "file_search_path": "CALL /* where LOAD looks */ `file_search_path` = '{folder}'",
+    "spill_to_disk": "CALL spill_to_disk=true",
+}
+
+
+@pytest.fixture(scope="module")
+def small_graph(tmp_path_factory) -> Path:
+    db = tmp_path_factory.mktemp("kg") / "small"
+    build_graph([("doc1", multimodal_result())], db, progress=False)
+    return db
+
+
+@pytest.mark.parametrize("name", sorted(FILE_STATEMENTS))
+def test_read_only_query_refuses_file_and_network_clauses(name, small_graph, tmp_path, monkeypatch) -> None:
+    import ladybug
+
+    from reamo.errors import QueryRefusedError
+
+    secret = tmp_path / "secret.csv"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    out = tmp_path / "evil.csv"
+    seen: list[str] = []
+    execute = ladybug.Connection.execute
+    monkeypatch.setattr(ladybug.Connection, "execute",
+                        lambda self, cypher, *a, **k: seen.append(str(cypher)) or execute(self, cypher, *a, **k))
+    cypher = FILE_STATEMENTS[name].format(out=out, secret=secret, folder=tmp_path)
+    with pytest.raises(QueryRefusedError, match="read-only queries cannot touch files or the network") as caught:
+        query(small_graph, cypher)
+    assert "is refused" in str(caught.value)
+    assert seen == []  # refused before the engine saw it: nothing read, written, downloaded (or crashed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.csv"]
+    assert query(small_graph, "RETURN 1 AS one") == [{"one": 1}] and seen == ["RETURN 1 AS one"]  # the spy works
+
+
+def test_read_only_guard_names_the_clause_and_reads_through_literals(small_graph) -> None:
+    from reamo.errors import QueryError, QueryRefusedError
+    from reamo.kg.store import refused_clause
+
+    assert refused_clause("COPY (RETURN 1) TO '/tmp/x.csv'") == "COPY"
+    assert refused_clause("match (n) return n;\nload from '/etc/passwd' return *") == "LOAD"
+    assert refused_clause("install httpfs") == "INSTALL"
+    assert refused_clause("CALL READ_CSV_SERIAL('/etc/passwd') RETURN *") == "READ_CSV_SERIAL(...)"
+    assert refused_clause("CALL home_directory = '/etc'") == "CALL home_directory=..."
+    with pytest.raises(QueryRefusedError, match=r"COPY is refused \(COPY FROM / COPY TO read and write files\)"):
+        query(small_graph, "COPY (RETURN 1 AS x) TO 'x.csv'")
+    # clause words inside string literals, comments and backtick names are text, not clauses
+    assert query(small_graph, "RETURN 'LOAD FROM \\'/etc/passwd\\'; COPY' AS s") == [
+        {"s": "LOAD FROM '/etc/passwd'; COPY"}]
+    assert query(small_graph, 'MATCH (e:Entity {id: "rafael nadal|PER"}) /* COPY TO, LOAD FROM */ '
+                              "RETURN e.name AS `load` // INSTALL httpfs") == [{"load": "Rafael Nadal"}]
+    assert query(small_graph, "MATCH (d:Document) RETURN d.id AS id, d.media CONTAINS 'speech' AS payload") == [
+        {"id": "doc1", "payload": True}]
+    assert {"Entity", "Mention"} <= {r["name"] for r in query(small_graph, "CALL show_tables() RETURN name")}
+    # the canned questions still work on a read-only store
+    assert {r["kind"] for r in where_is(small_graph, "Rafael Nadal")} == {"text", "image", "audio", "video"}
+    assert relations_of(small_graph, "Rafael Nadal")[0]["relation"] == "couple"
+    assert events_of(small_graph, "Mallorca")[0]["type"] == "Life:Marry"
+    # Cypher the engine cannot parse is a QueryError with the engine's message, not a bare RuntimeError
+    with pytest.raises(QueryError, match="the graph database rejected the query: Parser exception"):
+        query(small_graph, "MATC (n) RETURN n")
+
+
+def test_where_is_table_fits_80_columns(small_graph) -> None:
+    from rich.console import Console
+
+    from reamo.kg.query import where_table
+
+    console = Console(record=True, width=80)
+    print_rows(where_table(where_is(small_graph, "Rafael Nadal", include_none=True)), title="where is Rafael Nadal",
+               console=console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for value in ("doc1", 'chars 0-12 "Rafael Nadal"', "box 100,80,260,230", "0.40-1.10 s", "0.90", "whisper",
+                  "4 row(s)"):
+        assert value in text, value
+    mery = where_table(where_is(small_graph, "Mery Perello", include_none=True))
+    assert [(r["modality"], r["where"]) for r in mery] == [("text", 'chars 29-41 "Mery Perello"'),
+                                                           ("image (none)", "looked, not found: not seen")]

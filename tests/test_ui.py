@@ -198,6 +198,43 @@ def test_api_bad_upload_is_an_error_and_the_server_keeps_answering(server: str, 
     assert [e["text"] for e in data["entities"]] == ["Anna Berg", "Oslo"]
 
 
+def _graph(folder: Path) -> Path:
+    from reamo.kg import build_graph
+    from reamo.schema import Entity, TextSpan
+
+    nadal = Entity(text="Rafael Nadal", type="PER", span=TextSpan(start=0, end=12))
+    build_graph([("doc1", Result(text="Rafael Nadal wins", entities=[nadal]))], folder, progress=False)
+    return folder
+
+
+def test_graph_tab_opens_only_the_server_graph(server: str, tmp_path: Path) -> None:
+    """The client names an entity and a depth, never a folder; errors it sees name no server path."""
+    from reamo.errors import ConfigError
+
+    client = gradio_client.Client(server, verbose=False)  # a server started without --kg-db
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/kg_neighbourhood"]
+    assert [p["parameter_name"] for p in api["parameters"]] == ["entity", "depth"]
+    with pytest.raises(Exception, match="no knowledge graph is configured for this server; start it with "
+                                        "reamo ui --kg-db FOLDER") as caught:
+        client.predict("Rafael Nadal", 1, api_name="/kg_neighbourhood")
+    assert "/tmp" not in str(caught.value)
+
+    other = _graph(tmp_path / "other")  # a graph the server was not started with
+    with pytest.raises(ConfigError, match="--kg-db .*missing: no knowledge graph there"):
+        build_app(ScriptedAgent(), examples=[], kg_db=tmp_path / "missing")  # the operator hears at start-up
+    app = build_app(ScriptedAgent(), examples=[], kg_db=_graph(tmp_path / "served"))
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        picture = client.predict("Rafael Nadal", 2, api_name="/kg_neighbourhood")
+        assert Path(picture).stat().st_size > 1000
+        with pytest.raises(Exception):  # a folder in the request is no parameter: the call fails, nothing opened
+            client.predict(str(other), "Rafael Nadal", 1, api_name="/kg_neighbourhood")
+    finally:
+        app.close()
+
+
 def test_chat_shows_model_failure_and_oversized_upload_as_messages(server: str, tmp_path: Path) -> None:
     client = gradio_client.Client(server, verbose=False)
 

@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
+from reamo.errors import ReamoError
+
 kg_app = typer.Typer(no_args_is_help=True, help="Multimodal knowledge graph of extraction results (LadybugDB).")
 DB = typer.Option(Path("reamo-kg"), "--db", help="Graph database folder.")
+
+
+def _fail(message: str) -> NoReturn:
+    """One `error: ...` line on stderr and exit code 2, like the other `reamo` commands."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """A missing graph, refused or bad Cypher, an unusable input file: a readable error instead of a traceback."""
+    try:
+        yield
+    except ReamoError as error:
+        _fail(str(error))
 
 
 @kg_app.command("build")
@@ -24,9 +46,10 @@ def build(
     from reamo.kg import build_from_file
 
     if not source.is_file():
-        raise typer.BadParameter(f"file not found: {source}")
-    stats = build_from_file(source, db, batch_size=batch_size, resolve_with_embeddings=embeddings,
-                            embedding_threshold=threshold)
+        _fail(f"file not found: {source}")
+    with _reported():
+        stats = build_from_file(source, db, batch_size=batch_size, resolve_with_embeddings=embeddings,
+                                embedding_threshold=threshold)
     typer.echo(stats.model_dump_json(indent=2) if hasattr(stats, "model_dump_json") else str(stats))
 
 
@@ -36,10 +59,11 @@ def run_query(
     db: Path = DB,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Run Cypher (read-only) and print the rows."""
+    """Run Cypher (read-only: clauses that touch files or the network are refused) and print the rows."""
     from reamo.kg import print_rows, query
 
-    rows = query(db, cypher)
+    with _reported():
+        rows = query(db, cypher)
     if as_json:
         typer.echo(json.dumps(rows, default=str, indent=2))
     else:
@@ -47,10 +71,17 @@ def run_query(
 
 
 def _canned(name: str):
-    def command(entity: str = typer.Argument(...), db: Path = DB) -> None:
+    def command(entity: str = typer.Argument(...), db: Path = DB,
+                as_json: bool = typer.Option(False, "--json", help="every field, as JSON")) -> None:
         from reamo import kg
+        from reamo.kg.query import where_table
 
-        kg.print_rows(getattr(kg, name)(db, entity), title=f"{name.replace('_', ' ')} {entity}")
+        with _reported():
+            rows = getattr(kg, name)(db, entity)
+        if as_json:
+            typer.echo(json.dumps(rows, default=str, indent=2))
+            return
+        kg.print_rows(where_table(rows) if name == "where_is" else rows, title=f"{name.replace('_', ' ')} {entity}")
 
     command.__doc__ = {"where_is": "Where an entity appears: documents, image regions, audio spans, tracks.",
                        "relations_of": "Relations of an entity.", "events_of": "Events an entity took part in."}[name]
@@ -75,5 +106,6 @@ def export_graph(
     from reamo.kg.export import export
 
     kwargs = {"user": user, "password": password} if neo4j_url else {}
-    count = export(db, fmt, path=out, url=neo4j_url, **kwargs)
+    with _reported():
+        count = export(db, fmt, path=out, url=neo4j_url, **kwargs)
     typer.echo(f"exported {count} items" + (f" to {out}" if out else ""))

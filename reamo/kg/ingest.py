@@ -385,19 +385,52 @@ def read_predictions(path: str | os.PathLike[str]) -> Iterator[tuple[str, Result
     `reamo eval` writes, and `reamo.datasets.write_jsonl` Examples) or a Result object with an extra "id" field.
     Lines that cannot be read are logged with file:line and skipped."""
     source = Path(path)
-    with source.open(encoding="utf-8") as handle:
+    with source.open(encoding="utf-8", errors="replace") as handle:  # a binary line fails below, not the whole file
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                if not isinstance(row, dict) or "id" not in row:
-                    raise ValueError('expected a JSON object with an "id"')
-                key = next((k for k in RESULT_KEYS if k in row), None)
-                payload = row[key] if key else {k: v for k, v in row.items() if k != "id"}
-                yield str(row["id"]), Result.model_validate(payload)
+                yield _prediction(line)
             except (ValueError, ValidationError) as error:
                 logger.warning("%s:%d: skipped: %s", source, number, str(error).splitlines()[0])
+
+
+def _prediction(line: str) -> tuple[str, Result]:
+    row = json.loads(line)
+    if not isinstance(row, dict) or "id" not in row:
+        raise ValueError('expected a JSON object with an "id"')
+    key = next((k for k in RESULT_KEYS if k in row), None)
+    payload = row[key] if key else {k: v for k, v in row.items() if k != "id"}
+    return str(row["id"]), Result.model_validate(payload)
+
+
+INPUT_FORMATS = ('a predictions jsonl ({"id", "result": Result} per line, what `reamo eval` writes) or a corpus '
+                 'jsonl ({"id", "text", "image"?, "audio"?, "video"?} per line)')
+
+
+def check_input(path: str | os.PathLike[str]) -> None:
+    """Raise ConfigError unless some line of `path` is a predictions row or a corpus item, naming the first bad
+    line: a file of anything else (`/etc/passwd`) would otherwise "succeed" with 0 documents ingested."""
+    from reamo.errors import ConfigError
+
+    source = Path(path)
+    parse = _prediction if sniff_input(source) == "predictions" else CorpusItem.model_validate_json
+    first_problem = None
+    with source.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                parse(line)
+                return
+            except (ValueError, ValidationError) as error:
+                problem = str(error).splitlines()[0]
+                if isinstance(error, json.JSONDecodeError):
+                    problem = f"not JSON: {problem}"
+                first_problem = first_problem or f"line {number}: {problem}"
+    if first_problem is None:
+        raise ConfigError(f"{source} is empty; give {INPUT_FORMATS}")
+    raise ConfigError(f"{source} holds no usable lines; the first problem is {first_problem}. Give {INPUT_FORMATS}")
 
 
 class CorpusItem(BaseModel):
@@ -413,7 +446,7 @@ class CorpusItem(BaseModel):
 def read_corpus(path: str | os.PathLike[str]) -> Iterator[CorpusItem]:
     """Raw inputs `{"id", "text", "image"?, "audio"?, "video"?}`; media paths are resolved against the file's folder."""
     source = Path(path)
-    with source.open(encoding="utf-8") as handle:
+    with source.open(encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -451,7 +484,7 @@ def extract_corpus(items: Iterable[CorpusItem], agent: Any, tasks: Any = ("ner",
 
 def sniff_input(path: str | os.PathLike[str]) -> str:
     """"predictions" when the first line holds a Result, else "corpus" (raw inputs that need an agent)."""
-    with Path(path).open(encoding="utf-8") as handle:
+    with Path(path).open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             if line.strip():
                 try:
@@ -498,6 +531,7 @@ def build_from_file(
 
         raise ConfigError(f"input file not found: {source}; give a predictions jsonl (id + Result per line) or a "
                           'corpus jsonl ({"id", "text", "image"?, "audio"?, "video"?} per line)')
+    check_input(source)
     with source.open("rb") as handle:
         total = sum(1 for line in handle if line.strip())
     items = iter_input(source, agent_factory=agent_factory, tasks=tasks, labels=labels, db_dir=db_dir)

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any
 
+from reamo.errors import QueryError
 from reamo.kg.resolve import normalize_name
 from reamo.kg.store import GraphStore
 
@@ -27,9 +28,16 @@ def _plain(value: Any) -> Any:
 
 def query(db_dir: str | os.PathLike[str], cypher: str, params: dict[str, Any] | None = None,
           read_only: bool = True) -> list[dict[str, Any]]:
-    """Run one Cypher statement on the graph in `db_dir`; rows as dicts (column name -> value)."""
+    """Run one Cypher statement on the graph in `db_dir`; rows as dicts (column name -> value).
+
+    Read-only (the default) also refuses statements that touch files or the network (QueryRefusedError); Cypher
+    the engine rejects raises QueryError with its message."""
     with GraphStore(db_dir, read_only=read_only) as store:
-        return [_plain(row) for row in store.execute(cypher, params)]
+        try:
+            return [_plain(row) for row in store.execute(cypher, params)]
+        except RuntimeError as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise QueryError(f"the graph database rejected the query: {message}") from error
 
 
 def print_rows(rows: list[dict[str, Any]], title: str | None = None, console: Any = None, max_width: int = 60) -> None:
@@ -72,7 +80,7 @@ def where_is(db_dir: str | os.PathLike[str], entity: str, include_none: bool = F
             "RETURN e.id AS entity, d.id AS document, m.modality AS modality, m.kind AS kind, m.text AS text, "
             "m.char_start AS char_start, m.char_end AS char_end, m.x1 AS x1, m.y1 AS y1, m.x2 AS x2, m.y2 AS y2, "
             "m.audio_start AS start_s, m.audio_end AS end_s, m.score AS score, m.source AS source, "
-            "d.media AS media, m.id AS mention ORDER BY document, mention",
+            "m.reason AS reason, d.media AS media, m.id AS mention ORDER BY document, mention",
             {"ids": ids, "with_none": include_none},
         )
     for row in rows:
@@ -82,6 +90,41 @@ def where_is(db_dir: str | os.PathLike[str], entity: str, include_none: bool = F
         for column in ("x1", "y1", "x2", "y2"):
             row.pop(column)
     return rows
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if float(value).is_integer() else f"{value:.2f}"
+
+
+def _where(row: dict[str, Any]) -> str:
+    """One mention's place in a few words: its characters, box, track or time span."""
+    kind = row["kind"]
+    if kind == "text":
+        span = f"chars {row['char_start']}-{row['char_end']}" if row["char_start"] is not None else "no span"
+        text = row["text"] or ""
+        return f'{span} "{text if len(text) <= 24 else text[:23] + "…"}"'
+    if kind == "none":
+        return "looked, not found" + (f": {row['reason']}" if row.get("reason") else "")
+    parts = []
+    if row.get("box"):
+        parts.append("box " + ",".join(_number(v) for v in row["box"]))
+    if row["start_s"] is not None:
+        parts.append(f"{row['start_s']:.2f}-{row['end_s']:.2f} s")
+    return " ".join(parts) or kind
+
+
+def where_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`where_is` rows cut to five columns (document, modality, where, score, source) so an 80-column terminal
+    shows them readably; the entity id leads when a name matched several. `--json` prints every field."""
+    several = len({row["entity"] for row in rows}) > 1
+    table = []
+    for row in rows:
+        score = row["score"]
+        table.append({**({"entity": row["entity"]} if several else {}), "document": row["document"],
+                      "modality": row["modality"] if row["kind"] != "none" else f"{row['modality']} (none)",
+                      "where": _where(row), "score": "" if score is None else f"{score:.2f}",
+                      "source": row["source"] or ""})
+    return table
 
 
 def relations_of(db_dir: str | os.PathLike[str], entity: str) -> list[dict[str, Any]]:

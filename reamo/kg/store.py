@@ -27,12 +27,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from reamo.errors import ConfigError, MissingDependencyError
+from reamo.errors import ConfigError, MissingDependencyError, QueryRefusedError
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,89 @@ REL_TABLES: dict[str, str] = {
 }
 
 _OPEN_LOCK = threading.Lock()
+
+# Read-only guard. The engine has no switch that turns file or network access off (its settings are threads,
+# timeout, home_directory, file_search_path, spill_to_disk, ...; `read_only=True` only stops writes to the graph), so
+# a read-only store refuses, before the engine sees the text, every statement word of its Cypher grammar
+# (LadybugDB src/antlr4/Cypher.g4) that reads or writes files or the network. Why each one:
+FILE_CLAUSES: dict[str, str] = {
+    "COPY": "COPY FROM / COPY TO read and write files",
+    "LOAD": "LOAD FROM reads files (and Python objects); LOAD [EXTENSION] loads native code from disk",
+    "INSTALL": "INSTALL downloads an extension from the network",
+    "UPDATE": "UPDATE <extension> downloads it again",
+    "UNINSTALL": "UNINSTALL deletes extension files",
+    "EXPORT": "EXPORT DATABASE writes files",
+    "IMPORT": "IMPORT DATABASE reads files",
+    "ATTACH": "ATTACH opens another database file or server",
+    "CHECKPOINT": "CHECKPOINT writes the database file",
+}
+# Functions that scan or write files (READ_CSV_SERIAL, READ_CSV_PARALLEL, READ_PARQUET, READ_NPY, READ_PANDAS; COPY_CSV,
+# COPY_PARQUET; `CALL READ_CSV_SERIAL('/etc/passwd')` even crashes the process) and standalone `CALL <setting> = value`
+# (home_directory, file_search_path and spill_to_disk decide which files are touched) are refused too.
+_FILE_FUNCTIONS = ("READ_", "COPY_")
+# Cypher tokens as the engine's lexer cuts them: comments and string literals (exact grammar, so a clause word inside
+# either is text, and one the engine would not read as a literal is still checked), backtick names, ASCII word runs.
+_CYPHER_TOKEN = re.compile(r"""
+    (?P<comment>/\*(?:[^*]|\*[^/])*\*/|//[^\r\n]*)
+  | (?P<string>(?P<q>['"])(?:(?!(?P=q))[^\\]|\\(?:[\\'"bBfFnNrRtT]|[xX][0-9A-Fa-f]{2}
+        |[uU][0-9A-Fa-f]{4}(?:[0-9A-Fa-f]{4})?))*(?P=q))
+  | (?P<name>(?:`[^`]*`)+)
+  | (?P<word>[A-Za-z0-9_]+)
+  | (?P<space>\s+)
+  | (?P<other>.)
+""", re.VERBOSE | re.DOTALL)
+
+
+def _tokens(cypher: str) -> list[tuple[str, str]]:
+    """(kind, text) per token, comments and whitespace dropped; backtick names unquoted."""
+    out = []
+    for match in _CYPHER_TOKEN.finditer(cypher):
+        kind = match.lastgroup if match.lastgroup != "q" else "string"
+        if kind in ("comment", "space"):
+            continue
+        text = match.group(kind)
+        out.append((kind, text.replace("``", "\x00")[1:-1].replace("\x00", "`") if kind == "name" else text))
+    return out
+
+
+def _word_forms(word: str) -> list[str]:
+    """What a word run can mean to the engine: itself, or, when it starts with a digit (`1LOAD`, `1e5LOAD`), the
+    engine may cut a number off its front, so every tail that starts with a letter too."""
+    upper = word.upper()
+    if not upper[0].isdigit():
+        return [upper]
+    return [upper[i:] for i in range(1, len(upper)) if upper[i].isalpha() or upper[i] == "_"]
+
+
+def refused_clause(cypher: str) -> str | None:
+    """The first file- or network-touching clause in `cypher` (any statement of several), else None."""
+    tokens = _tokens(cypher)
+    for i, (kind, text) in enumerate(tokens):
+        forms = _word_forms(text) if kind == "word" else [text.upper()] if kind == "name" else []
+        after = tokens[i + 1] if i + 1 < len(tokens) else ("", "")
+        for form in forms:
+            if kind == "word" and form in FILE_CLAUSES:
+                return form
+            if form.startswith(_FILE_FUNCTIONS) and after == ("other", "("):
+                return f"{form}(...)"
+            if kind == "word" and form == "CALL" and i + 2 < len(tokens) and tokens[i + 2] == ("other", "=") \
+                    and after[0] in ("word", "name"):
+                return f"CALL {after[1]}=..."
+    return None
+
+
+def check_read_only(cypher: str) -> None:
+    """Raise QueryRefusedError when `cypher` would read or write files or reach the network."""
+    clause = refused_clause(cypher)
+    if clause is None:
+        return
+    why = FILE_CLAUSES.get(clause, "it reads or writes files" if clause.endswith("(...)") else
+                           "it changes engine settings")
+    raise QueryRefusedError(
+        f"read-only queries cannot touch files or the network: {clause} is refused ({why}); ask the graph with "
+        "MATCH ... RETURN, build it with `reamo kg build` and write it out with `reamo kg export` (a property or "
+        "variable with a clause's name can be written in backticks, e.g. n.`load`)"
+    )
 
 
 def _ladybug() -> Any:
@@ -106,7 +190,11 @@ class GraphStore:
         lb = _ladybug()
         pool_mb = buffer_pool_mb or int(os.environ.get("REAMO_KG_BUFFER_POOL_MB", DEFAULT_BUFFER_POOL_MB))
         with _OPEN_LOCK:
-            self._db = lb.Database(str(path), read_only=read_only, buffer_pool_size=pool_mb << 20)
+            try:
+                self._db = lb.Database(str(path), read_only=read_only, buffer_pool_size=pool_mb << 20)
+            except RuntimeError as error:  # locked by a writer, not a database file, written by another version
+                raise ConfigError(f"cannot open the knowledge graph in {self.db_dir}: {error}; close other programs "
+                                  "using it, or rebuild it with `reamo kg build`") from error
             self._conn = lb.Connection(self._db)
         self.read_only = read_only
         if not read_only:
@@ -133,7 +221,10 @@ class GraphStore:
 
     # -- queries -----------------------------------------------------------------------------------------------------
     def execute(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Run one Cypher statement; rows as dicts keyed by the RETURN column names."""
+        """Run one Cypher statement; rows as dicts keyed by the RETURN column names. A read-only store refuses
+        statements that touch files or the network (QueryRefusedError)."""
+        if self.read_only:
+            check_read_only(cypher)
         result = self._conn.execute(cypher, params or {})
         results = result if isinstance(result, list) else [result]
         rows: list[dict[str, Any]] = []

@@ -120,8 +120,10 @@ def build_app(
 ) -> gr.Blocks:
     """The chat UI around `agent` (an Agent, or a no-argument factory called on the first request).
 
-    `examples` defaults to `build_examples(examples_dir or a temp dir)`; pass [] for none.
+    `examples` defaults to `build_examples(examples_dir or a temp dir)`; pass [] for none. `kg_db` is the one graph
+    folder the knowledge-graph tab draws from (clients cannot name another); None leaves the tab unconfigured.
     """
+    kg_db = _check_kg_db(kg_db)
     holder = AgentHolder(agent)
     store = FileStore()
     if examples is None:
@@ -290,32 +292,56 @@ def build_app(
         with gr.Tab("Knowledge graph"):
             gr.Markdown("The neighbourhood of an entity in a graph built with `reamo kg build` "
                         "(documents, relations, events, and image crops of its grounded mentions).")
+            if kg_db is None:
+                gr.Markdown(f"*{NO_GRAPH}.*")
             with gr.Row():
-                kg_folder = gr.Textbox(label="Graph database folder", value=str(kg_db or "reamo-kg"))
                 kg_entity = gr.Textbox(label="Entity", placeholder="Rafael Nadal")
                 kg_depth = gr.Slider(1, 2, value=1, step=1, label="Depth")
-            kg_button = gr.Button("Show neighbourhood", variant="primary")
+            kg_button = gr.Button("Show neighbourhood", variant="primary", interactive=kg_db is not None)
             kg_picture = gr.Image(label="Neighbourhood", type="pil", interactive=False)
-            kg_button.click(show_neighbourhood, [kg_folder, kg_entity, kg_depth], kg_picture,
-                            api_name="kg_neighbourhood")
+
+            def graph_picture(entity: str, depth: float) -> Any:
+                """The server's own graph folder, never one named by the request."""
+                return show_neighbourhood(kg_db, entity, depth)
+
+            kg_button.click(graph_picture, [kg_entity, kg_depth], kg_picture, api_name="kg_neighbourhood")
     app.queue(max_size=64, default_concurrency_limit=concurrency_limit)
     app.reamo_examples = examples  # type: ignore[attr-defined] - for callers and tests
     app.reamo_holder = holder  # type: ignore[attr-defined]
     return app
 
 
-def show_neighbourhood(db_dir: str, entity: str, depth: float = 1) -> Any:
-    """The knowledge-graph tab: a drawing of the entity's neighbourhood, or a readable error."""
+NO_GRAPH = "no knowledge graph is configured for this server; start it with reamo ui --kg-db FOLDER"
+
+
+def _check_kg_db(kg_db: str | Path | None) -> Path | None:
+    """The operator's graph folder, checked at start-up (where naming the path is fine), so requests need not."""
+    if kg_db is None:
+        return None
+    from reamo.kg.store import db_file
+
+    folder = Path(kg_db).expanduser().resolve()
+    if not db_file(folder).is_file():
+        raise ConfigError(f"--kg-db {kg_db}: no knowledge graph there ({db_file(folder).name} missing); build one "
+                          f"with `reamo kg build predictions.jsonl --db {kg_db}`")
+    return folder
+
+
+def show_neighbourhood(db_dir: str | Path | None, entity: str, depth: float = 1) -> Any:
+    """The knowledge-graph tab: a drawing of the entity's neighbourhood in the server's graph `db_dir`, or an error
+    that names no server path and does not tell whether a folder exists (it is shown to any client)."""
     from reamo.kg.draw import draw_neighbourhood
 
+    if db_dir is None:
+        raise gr.Error(NO_GRAPH)
     if not entity.strip():
         raise gr.Error("type an entity name")
-    if not Path(db_dir).expanduser().is_dir():
-        raise gr.Error(f"no graph database at {db_dir}; build one with: reamo kg build predictions.jsonl --db {db_dir}")
     try:
-        return draw_neighbourhood(Path(db_dir).expanduser(), entity.strip(), depth=int(depth))
+        return draw_neighbourhood(Path(db_dir), entity.strip(), depth=min(max(int(depth), 1), 2))
     except ReamoError as err:
-        raise gr.Error(str(err)) from err
+        logger.warning("knowledge graph tab: %s", err)  # the details (paths) stay in the server log
+        raise gr.Error("the knowledge graph of this server cannot be read; its operator can see why in the "
+                       "server log") from err
 
 
 def allowed_paths(examples: list[UIExample]) -> list[str]:
@@ -353,16 +379,18 @@ def launch(
     max_file_size: str | int = MAX_FILE_SIZE,
     concurrency_limit: int = 2,
     block: bool = True,
+    kg_db: str | Path | None = None,
     **agent_settings: Any,
 ) -> gr.Blocks:
     """Start the UI for `model` ("default" or a folder from `ReamoModel.save_pretrained`) at http://host:port.
 
     The model loads in the background right away; the first request waits for it. `block=False` returns once
-    the server is up (tests, notebooks).
+    the server is up (tests, notebooks). `kg_db`: the graph folder of the knowledge-graph tab.
     """
     from reamo.agent import Agent
 
-    app = build_app(lambda: Agent.from_pretrained(model, **agent_settings), concurrency_limit=concurrency_limit)
+    app = build_app(lambda: Agent.from_pretrained(model, **agent_settings), concurrency_limit=concurrency_limit,
+                    kg_db=kg_db)
     holder: AgentHolder = app.reamo_holder  # type: ignore[attr-defined]
     threading.Thread(target=holder.get, name="reamo-ui-warmup", daemon=True).start()
     app.launch(
