@@ -208,7 +208,26 @@ def estimate(
     gradient_checkpointing: bool = True,
     architecture: dict[str, Any] | None = None,
 ) -> MemoryEstimate:
-    """Accelerator memory for `config` (a ReamoConfig or a preset name) at `context` tokens x `batch` sequences."""
+    """Accelerator memory for `config` (a ReamoConfig or a preset name) at `context` tokens x `batch` sequences.
+
+    Inference is sized at its peak, the prefill of the whole context (h = hidden, I = intermediate, b = compute
+    bytes, B = batch, C = context; transformers' generate keeps logits for the last position only):
+
+        weights + KV cache(C) + one layer's prefill tensors    B x C x (4h + 3I) x b
+                              + LoRA's float32 input copy      B x C x I x 4              (with LoRA, b < 4)
+                              + one dequantized weight         max(in x out) x b          (4-bit: bitsandbytes
+                                                                                           dequantizes for prefill)
+                              + attention mask                 B x C x C x b              (SDPA's fused kernels
+                                                                                           keep no C x C scores)
+                              + one layer's KV being grown     KV cache / layers          (torch.cat per step)
+                              + last-position logits           B x vocab x (b + 8)        (+ float32 copy + scores)
+
+    A 4-bit LLM is counted as inference loads it: non-quantized weights in the compute dtype (only training runs
+    peft's prepare_model_for_kbit_training, which upcasts them, the residual stream and the KV cache to float32).
+    Training adds gradients + Adam moments and activations: with gradient checkpointing each layer's input, one
+    layer recomputed (~34 h bytes per token at 16-bit, Korthikanti et al. 2022) and float32 logits + their gradient
+    for every position (the upper bound: where the LM can keep logits by a mask, only target positions are computed).
+    """
     name = config if isinstance(config, str) else Path(config.llm).name
     if isinstance(config, str):
         from reamo.presets import get_preset
@@ -281,9 +300,14 @@ def estimate(
     else:
         parts.append(MemoryPart(name="kv cache", bytes=kv_cache_bytes(layers, kv_heads, head_dim, context, batch, compute),
                                 note=f"2 x {layers} layers x {kv_heads} kv heads x {head_dim} x {context} x {batch}"))
-        prefill = batch * context * (4 * hidden + 2 * intermediate) * compute  # one layer's live tensors in prefill
-        logits = batch * arch.vocab_size * 4  # generate keeps only the last position's logits
-        parts.append(MemoryPart(name="activations", bytes=int(prefill + logits), note="rough; prefill of one layer"))
+        prefill = batch * context * (4 * hidden + 3 * intermediate) * compute  # one layer's live tensors in prefill
+        lora_copy = batch * context * intermediate * 4 if config.lora is not None and compute < 4 else 0
+        dequantized = max((i * o for i, o in linears.values()), default=0) * compute if config.load_in_4bit else 0
+        mask = batch * context * context * compute
+        growing = kv_cache_bytes(1, kv_heads, head_dim, context, batch, compute)
+        logits = batch * arch.vocab_size * (compute + 8)  # generate keeps only the last position's logits
+        parts.append(MemoryPart(name="activations", bytes=int(prefill + lora_copy + dequantized + mask + growing + logits),
+                                note="prefill peak: one layer, mask, last-position logits"))
 
     return MemoryEstimate(model=name, context=context, batch=batch, training=training, parts=parts,
                           total_bytes=sum(p.bytes for p in parts))

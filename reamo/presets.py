@@ -38,6 +38,19 @@ VICUNA_7B_ARCHITECTURE = {
     "max_position_embeddings": 4096,
     "tie_word_embeddings": False,
 }
+# the tiny preset's LLM (2 layers; widths multiples of 64, which bitsandbytes' CPU 4-bit kernels need): what
+# `reamo memory --measure --preset tiny` builds with random weights
+TINY_ARCHITECTURE = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 512,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": False,
+}
 FLAGS: dict[Component, str] = {"llm": "--llm", "imagebind": "--imagebind-checkpoint", "sam2": "--sam2-checkpoint"}
 
 
@@ -114,7 +127,7 @@ def _tiny() -> Preset:
         dtype="float32",
     )
     return Preset(name="tiny", description="2-layer LLaMA + tiny random ImageBind, for tests", config=config,
-                  llm_folder=config.llm)
+                  llm_folder=config.llm, llm_architecture=TINY_ARCHITECTURE)
 
 
 PRESET_NAMES = ("reamo-7b", "reamo-7b-4bit", "tiny")

@@ -26,7 +26,9 @@ ENCODER = 12 * 1280**2 * 32 + 12 * 768**2 * 12
 PROJECTORS = 3 * (1024 * H + H + H * H + H)  # mlp2x_gelu per modality, one token each
 LORA = L * 128 * (4 * (H + H) + 3 * (H + I))  # r=128 on every linear layer
 KV_2K = 2 * L * 32 * 128 * 2048 * 2  # = 1 GiB at 16-bit
-ACTIVATIONS_2K = 2048 * (4 * H + 2 * I) * 2 + V * 4
+# inference peak = prefill: one layer's tensors + LoRA's float32 input copy + one dequantized NF4 weight (the largest,
+# I x H) + the attention mask + one layer's KV being grown + the last position's logits (bf16, float32 copy, scores)
+ACTIVATIONS_2K = 2048 * (4 * H + 3 * I) * 2 + 2048 * I * 4 + I * H * 2 + 2048 * 2048 * 2 + KV_2K // L + V * (2 + 8)
 
 
 def test_7b_4bit_fits_8_gib_and_fp16_does_not_fit_13() -> None:
@@ -38,11 +40,11 @@ def test_7b_4bit_fits_8_gib_and_fp16_does_not_fit_13() -> None:
     assert quant.part("projectors").parameters == PROJECTORS
     assert quant.part("encoder (imagebind)").parameters == pytest.approx(ENCODER, rel=0.01)  # + embeddings, heads
     assert quant.total_bytes == pytest.approx(by_hand, rel=0.005)
-    assert by_hand / GIB < 7.6 and quant.total_gib < 8
+    assert by_hand / GIB < 7.9 and quant.total_gib < 8
 
     full = estimate("reamo-7b", context=2048)
     assert full.part("llm").bytes == (LINEAR + REST) * 2 == 6_738_415_616 * 2
-    by_hand_full = (LINEAR + REST) * 2 + ENCODER * 2 + PROJECTORS * 2 + LORA * 4 + KV_2K + ACTIVATIONS_2K
+    by_hand_full = (LINEAR + REST) * 2 + ENCODER * 2 + PROJECTORS * 2 + LORA * 4 + KV_2K + ACTIVATIONS_2K - I * H * 2
     assert full.total_bytes == pytest.approx(by_hand_full, rel=0.005)
     assert full.total_gib > 13
 

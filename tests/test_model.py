@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,8 +105,127 @@ def test_loss_on_target_logits_only_equals_the_full_lm_loss(tiny_model: ReamoMod
     with torch.no_grad():
         sliced = tiny_model(embeds, mask, labels).loss
         full = tiny_model.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
-    assert tiny_model._slices_logits()
     assert sliced.item() == pytest.approx(full.item(), rel=1e-5)
+    # the fallback where the installed transformers cannot keep logits by a boolean mask gives the same loss
+    supported = tiny_model._slices_logits()
+    try:
+        tiny_model._logits_mask_support = False
+        with torch.no_grad():
+            fallback = tiny_model(embeds, mask, labels).loss
+    finally:
+        tiny_model._logits_mask_support = supported
+    assert fallback.item() == pytest.approx(sliced.item(), rel=1e-5)
+
+
+def logit_rows(model: ReamoModel) -> tuple[list[tuple[int, ...]], Any]:
+    """Shapes of every logits tensor the LM's output head computes while the returned hook is registered."""
+    shapes: list[tuple[int, ...]] = []
+    hook = model.llm.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: shapes.append(tuple(output.shape)))
+    return shapes, hook
+
+
+def test_the_logits_mask_probe_tells_which_transformers_can_slice(tiny_llm_dir, monkeypatch) -> None:
+    """transformers 5.0-5.17 take `logits_to_keep` but fail on a boolean 2-D mask (IndexError): the probe asks the
+    installed LM, and where it says no, training computes all logits and the LM's own loss (same value, no crash)."""
+    import inspect
+
+    from transformers.models.llama import modeling_llama
+
+    model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]))
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (2, 12))
+    embeds = model.llm.get_input_embeddings()(ids).detach()
+    mask = torch.ones(2, 12, dtype=torch.long)
+    labels = torch.full((2, 12), -100)
+    labels[0, 4:9], labels[1, 6:12] = ids[0, 4:9], ids[1, 6:12]
+    with torch.no_grad():
+        full = model.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    try:  # what the installed LM really does with a boolean mask: the probe must say the same
+        with torch.no_grad():
+            model.llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=labels != -100)
+        works = True
+    except IndexError:
+        works = False
+    assert model._slices_logits() is works
+    shapes, hook = logit_rows(model)
+    with torch.no_grad():
+        loss = model(embeds, mask, labels).loss
+    hook.remove()
+    assert loss.item() == pytest.approx(full.item(), rel=1e-5)
+    targets = int((labels[:, 1:] != -100).sum())
+    assert shapes[-1][:-1] == ((targets,) if works else (2, 12))  # only the target positions' logits when it can
+
+    # the slicing of transformers 5.0-5.17, whatever is installed: the probe says no and training still runs
+    def old_slicing(hidden_states: torch.Tensor, logits_to_keep: Any) -> torch.Tensor:
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return hidden_states[:, keep, :]
+
+    monkeypatch.setattr(modeling_llama, "slice_logits_to_keep", old_slicing, raising=False)
+    old = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]))
+    patched = "slice_logits_to_keep" in inspect.unwrap(modeling_llama.LlamaForCausalLM.forward).__code__.co_names
+    assert patched or not works  # either the old slicing is patched in, or the installed version slices that way
+    assert old._slices_logits() is False
+    with torch.no_grad():
+        assert old(embeds, mask, labels).loss.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_generation_prefill_keeps_one_position_of_logits(tiny_llm_dir) -> None:
+    """A long prompt's prefill projects only its last position onto the vocabulary (transformers' generate passes
+    logits_to_keep=1): logits for every prompt position were the largest prefill tensor at a 2k context."""
+    model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]))
+    prompts = ["USER: " + "Rafael Nadal gets engaged to Mery Perello in Mallorca. " * 6 + "ASSISTANT:", "USER: hi"]
+    assert len(model.tokenize_with_placeholders(prompts[0])) > 60
+    shapes, hook = logit_rows(model)
+    try:
+        model.generate(prompts, max_new_tokens=4, min_new_tokens=4)
+    finally:
+        hook.remove()
+    vocab = model.llm.get_output_embeddings().out_features
+    # one position per row, at the prefill as at every step (rows may be run in groups, e.g. by shared prefix)
+    assert shapes and all(len(shape) == 3 and shape[0] <= 2 and shape[1:] == (1, vocab) for shape in shapes), shapes
+
+
+def test_scoring_computes_logits_for_the_continuations_only(tiny_llm_dir) -> None:
+    """`continuation_logprobs` projects the continuations' positions (plus the prompt's last, which predicts their
+    first token), never the prompt's: a long prompt with short candidates costs no prompt-length logits."""
+    model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]))
+    prompt = "USER: " + "Rafael Nadal gets engaged to Mery Perello in Mallorca. " * 6 + "ASSISTANT:"
+    continuations = ["Nadal", "Mery Perello", "Mallorca, LOC"]
+    answers = [len(model.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in continuations]
+    shapes, hook = logit_rows(model)
+    try:
+        scores = model.continuation_logprobs(prompt, None, continuations)
+    finally:
+        hook.remove()
+    assert len(scores) == 3 and all(s < 0 for s in scores)
+    longest = 1 + max(answers)  # the prompt's last position + each continuation's own tokens
+    assert len(model.tokenize_with_placeholders(prompt)) > 4 * longest
+    # at most one row of logits per continuation position (padded to the longest) + the prompt's last position
+    computed = sum(torch.Size(shape[:-1]).numel() for shape in shapes)
+    assert shapes and computed <= len(continuations) * longest + 1, shapes
+
+
+def test_decoding_modes_give_the_same_greedy_text(tiny_llm_dir, monkeypatch) -> None:
+    """"static" (preallocated KV cache) and "compile" (static cache + transformers' compiled decoding, CUDA only;
+    elsewhere it decodes as "static") are settings of the LM's generation config; "eager" leaves it as loaded."""
+    from reamo.model.modeling_reamo import _configure_decoding
+
+    config = ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[])
+    model = ReamoModel.from_config(config)
+    prompts = ["USER: Rafael Nadal gets engaged to Mery Perello in Mallorca. ASSISTANT:", "USER: hi ASSISTANT:"]
+    assert model.llm.generation_config.cache_implementation is None
+    eager = model.generate(prompts, max_new_tokens=6)
+    for mode in ("static", "compile"):
+        _configure_decoding(model.llm, mode)
+        assert model.llm.generation_config.cache_implementation == "static"
+        assert (model.llm.generation_config.compile_config is not None) == (mode == "compile")
+        assert model.generate(prompts, max_new_tokens=6) == eager
+    monkeypatch.setenv("REAMO_DECODING", "static")
+    assert ReamoModel.from_config(config).llm.generation_config.cache_implementation == "static"
+    monkeypatch.setenv("REAMO_DECODING", "fast")
+    with pytest.raises(ConfigError, match="eager, static, compile"):
+        ReamoModel.from_config(config)
 
 
 def test_save_then_load_is_identity(tiny_model: ReamoModel, tmp_path) -> None:
@@ -169,6 +289,29 @@ def test_4bit_nf4_path(tmp_path) -> None:
     assert linear4bit and linear4bit[0].weight.quant_type == "nf4"
     assert any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     assert len(model.generate(["USER: hi ASSISTANT:"], max_new_tokens=3)) == 1
+
+
+def test_4bit_inference_is_not_prepared_for_training(tmp_path) -> None:
+    """peft's prepare_model_for_kbit_training upcasts the non-quantized weights to float32 (and with them the
+    residual stream and the KV cache) and turns gradient checkpointing on: only the trainer asks for it."""
+    from conftest import build_tiny_llm
+
+    llm_dir = build_tiny_llm(tmp_path / "tiny-llama-64", hidden_size=64)
+    config = ReamoConfig(llm=str(llm_dir), load_in_4bit=True, dtype="bfloat16", encoder=None, modalities=[],
+                         lora=LoraSettings(r=4))
+    inference = ReamoModel.from_config(config)
+    assert inference.llm.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert not inference.llm.is_gradient_checkpointing
+    assert len(inference.generate(["USER: hi ASSISTANT:"], max_new_tokens=2)) == 1
+    training = ReamoModel.from_config(config, training=True)
+    assert training.llm.get_input_embeddings().weight.dtype == torch.float32
+    assert training.llm.is_gradient_checkpointing
+    # a saved adapter loads frozen, and prepared for k-bit training only when asked
+    folder = inference.save_pretrained(tmp_path / "saved")
+    loaded = ReamoModel.from_pretrained(folder)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    assert loaded.llm.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert ReamoModel.from_pretrained(folder, training=True).llm.get_input_embeddings().weight.dtype == torch.float32
 
 
 def test_repetition_stop_ends_loops_only(tiny_llm_dir) -> None:

@@ -93,16 +93,16 @@ class ReamoForTraining(nn.Module):
 def build_model(config: TrainConfig) -> ReamoModel:
     """The model to tune: the embedded default, a previous stage's folder, or a ReamoConfig; LoRA added if absent."""
     if isinstance(config.model, ReamoConfig):
-        model = ReamoModel.from_config(config.model)
+        model = ReamoModel.from_config(config.model, training=True)
     elif config.model in ("default", "reamo-default", "smollm2-135m-instruct"):
         from reamo.model.embedded_default import default_config
 
-        model = ReamoModel.from_config(default_config())
+        model = ReamoModel.from_config(default_config(), training=True)
     else:
-        model = ReamoModel.from_pretrained(config.model)
+        model = ReamoModel.from_pretrained(config.model, training=True)
     has_lora = hasattr(model.llm, "peft_config")
     if not has_lora and config.lora is not None and "lora" in config.trainable:
-        model.add_lora(config.lora)
+        model.add_lora(config.lora, training=True)
         model.config = model.config.model_copy(update={"lora": config.lora})
     return model
 
