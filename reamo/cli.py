@@ -32,16 +32,71 @@ def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from reamo.quiet import quiet_cli
+
+    quiet_cli(verbose)  # results and real progress only: no third-party loading bars or known warnings (-v: bars)
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    # one line however narrow the terminal; brackets in the message (paths, lists) are text, not rich markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
+_FILE_KIND = {"--image": "an image file", "--audio": "an audio file", "--video": "a video file",
+              "--config": "a YAML config file"}
+
+
 def _check_file(path: Optional[Path], flag: str) -> None:
+    if path is not None and path.is_dir():
+        _fail(f"{flag} is a directory, not a file: {path}; give {_FILE_KIND.get(flag, 'a file')}")
     if path is not None and not path.is_file():
         _fail(f"{flag} file not found: {path}")
+
+
+def _utf8_problem(text: str, what: str) -> Optional[str]:
+    """Bytes that are not UTF-8 reach us surrogate-escaped (PEP 383): say so in one line, not a traceback later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = ord(text[err.start])
+        byte = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"character U+{bad:04X}"
+        return (f"{what} is not valid UTF-8 ({byte} at character {err.start}); re-encode the text as UTF-8 "
+                "(e.g. iconv -f latin1 -t utf-8)")
+    return None
+
+
+def _check_utf8(text: Optional[str], flag: str) -> None:
+    problem = _utf8_problem(text, flag) if text is not None else None
+    if problem:
+        _fail(problem)
+
+
+def _check_tasks(tasks: str) -> str:
+    """--tasks as the canonical comma-separated list, or a one-line error naming the valid tasks."""
+    from reamo.schema import ALL_TASKS
+
+    names = [t.strip().lower() for t in tasks.split(",") if t.strip()]
+    unknown = [t for t in names if t not in ALL_TASKS]
+    if unknown or not names:
+        _fail(f"--tasks: unknown task(s) {', '.join(unknown) or repr(tasks)}; choose from {', '.join(ALL_TASKS)} "
+              "(comma-separated, e.g. --tasks ner,re)")
+    return ",".join(t for t in ALL_TASKS if t in names)
+
+
+def _check_labels(labels: Optional[str]) -> Optional[list[str]]:
+    """--labels "PER,ORG" as a list of entity types (None: the defaults), or a one-line error."""
+    if labels is None:
+        return None
+    from reamo.prompting import resolve_labels
+
+    try:
+        return resolve_labels(labels).entity_types
+    except ReamoError:
+        _fail(f"--labels {labels!r}: give comma-separated, non-empty entity types, e.g. --labels PER,ORG,LOC")
+    return None  # not reached: _fail exits
 
 
 def _load_agent(model: str, max_new_tokens: int, **settings: Any):
@@ -117,10 +172,15 @@ def extract(
     sam2_checkpoint: Optional[Path] = typer.Option(None, "--sam2-checkpoint", help="With --preset."),
 ) -> None:
     """Extract grounded entities, relations and events from text and media."""
+    # Everything the user typed is checked here, before the model loads (~10 s): a typo costs no waiting.
+    _check_utf8(text, "--text")
     for path, flag in ((image, "--image"), (audio, "--audio"), (video, "--video")):
         _check_file(path, flag)
-    if not text and image is None and audio is None and video is None:
-        _fail("nothing to extract from: pass --text and/or --image/--audio/--video")
+    if not (text and text.strip()) and image is None and audio is None and video is None:
+        blank = "--text is empty or only whitespace; " if text is not None else ""
+        _fail(f"nothing to extract from: {blank}pass --text and/or --image/--audio/--video")
+    tasks = _check_tasks(tasks)
+    label_list = _check_labels(labels)
     try:
         from reamo.agent import load_media_bundle
 
@@ -135,7 +195,7 @@ def extract(
             agent = _load_agent(model, max_new_tokens)
         with console.status("Extracting..."):
             result = agent.extract(text=text, image=media.image, audio=media.audio, video=media.video, tasks=tasks,
-                                   labels=labels.split(",") if labels else None)
+                                   labels=label_list)
     except ReamoError as err:
         _fail(str(err))
     if json_out is not None and str(json_out) == "-":
@@ -159,13 +219,22 @@ def chat(
     except ReamoError as err:
         _fail(str(err))
     messages: list[dict] = []
+    if hasattr(sys.stdin, "reconfigure"):  # a non-UTF-8 line then arrives surrogate-escaped: one error, chat goes on
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             line = console.input("[bold cyan]you>[/] ")
         except (EOFError, KeyboardInterrupt):
             break
+        except UnicodeDecodeError as err:  # a strict UTF-8 stdin that could not be reconfigured
+            err_console.print(f"[bold red]error:[/] that line is not valid UTF-8 ({err.reason}); type it again")
+            continue
         if not line.strip():
             break
+        problem = _utf8_problem(line, "that line")
+        if problem:
+            err_console.print(f"[bold red]error:[/] {problem}", soft_wrap=True)
+            continue
         messages.append({"role": "user", "content": line})
         reply = agent.chat(messages)
         messages.append(reply)
@@ -196,12 +265,13 @@ def ui(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (127.0.0.1 = this machine only)."),
     port: int = typer.Option(7860, "--port"),
     share: bool = typer.Option(False, "--share", help="Ask Gradio for a public share link."),
+    kg_db: Optional[Path] = typer.Option(None, "--kg-db", help="Graph folder (`reamo kg build`) for the graph tab."),
 ) -> None:
     """Start the Gradio chat UI."""
     try:
         from reamo.ui import launch
 
-        launch(model=model, host=host, port=port, share=share)
+        launch(model=model, host=host, port=port, share=share, kg_db=kg_db)
     except ReamoError as err:
         _fail(str(err))
 
@@ -268,23 +338,52 @@ def evaluate(
 
 # Options both calibration commands take (the model, the recipe whose sentences stay out, the settings file).
 _CALIBRATED_MODEL = typer.Option("default", "--model", "-m", help="'default' or a model folder.")
+# The shipped default's five tuning passes; the recipes ship in the installed package (reamo.tuning, configs/).
+_DEFAULT_RECIPES = ("default_smollm2.yaml", "default_smollm2_more.yaml", "default_smollm2_third.yaml",
+                    "default_smollm2_fourth.yaml", "default_smollm2_fifth.yaml")
 _TUNING_RECIPES = typer.Option(
-    [Path("tuning/configs/default_smollm2.yaml"), Path("tuning/configs/default_smollm2_more.yaml"),
-     Path("tuning/configs/default_smollm2_third.yaml"), Path("tuning/configs/default_smollm2_fourth.yaml"),
-     Path("tuning/configs/default_smollm2_fifth.yaml")],
+    None,
     "--config",
-    help="The recipe(s) the model was tuned with, one --config per pass: their sentences are kept out.")
-_SETTINGS_OUT = typer.Option(Path("reamo/weights/default/settings.json"), "--out", "-o")
+    help="The recipe(s) the model was tuned with, one --config per pass: their sentences are kept out "
+         f"(default: the shipped default's passes, {', '.join(_DEFAULT_RECIPES)}, from the installed package).")
+_SETTINGS_OUT = typer.Option(
+    None, "--out", "-o",
+    help="Settings file to write (default: your settings.json in the user config folder, or $REAMO_CONFIG_DIR, "
+         "which the default model reads over the shipped settings). Maintainers re-calibrating the shipped "
+         "default: --out reamo/weights/default/settings.json in the repository.")
+
+
+def _shipped_recipes() -> list[Path]:
+    """The default recipes inside the installed `reamo.tuning` package, wherever the command is run from."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("reamo.tuning")  # finds the package folder without importing it
+    folder = Path(next(iter(spec.submodule_search_locations or []))) / "configs" if spec else None
+    recipes = [folder / name for name in _DEFAULT_RECIPES] if folder else []
+    missing = [str(p) for p in recipes if not p.is_file()] or ([] if recipes else ["reamo.tuning/configs"])
+    if missing:
+        _fail(f"the shipped tuning recipes are missing ({', '.join(missing)}); reinstall reamo or pass --config")
+    return recipes
+
+
+def _settings_target(out: Optional[Path]) -> Path:
+    """--out, else the user's settings file (its folder made if needed)."""
+    from reamo.model.embedded_default import user_settings_path
+
+    target = out if out is not None else user_settings_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 @app.command("calibrate-pairs")
 def calibrate_pairs(
     model: str = _CALIBRATED_MODEL,
-    config: list[Path] = _TUNING_RECIPES,
-    out: Path = _SETTINGS_OUT,
+    config: Optional[list[Path]] = _TUNING_RECIPES,
+    out: Optional[Path] = _SETTINGS_OUT,
     limit: int = typer.Option(300, "--limit", min=10, help="Held-out MNRE train pairs to score."),
 ) -> None:
-    """Calibrate the given-pair relation-vs-None margin on held-out MNRE train pairs (never dev); writes settings.json."""
+    """Calibrate the given-pair relation-vs-None margin on held-out MNRE train pairs (never dev); writes settings.json
+    (yours, in the user config folder, unless --out)."""
     from reamo.eval.calibrate import calibrate
 
     _calibrate(calibrate, model, config, out, limit, max_new_tokens=48, pair_none_bias=None)
@@ -293,25 +392,31 @@ def calibrate_pairs(
 @app.command("calibrate-events")
 def calibrate_events_command(
     model: str = _CALIBRATED_MODEL,
-    config: list[Path] = _TUNING_RECIPES,
-    out: Path = _SETTINGS_OUT,
+    config: Optional[list[Path]] = _TUNING_RECIPES,
+    out: Optional[Path] = _SETTINGS_OUT,
     limit: int = typer.Option(300, "--limit", min=10, help="Held-out M2E2 train sentences to score."),
 ) -> None:
-    """Calibrate the events-vs-None margin on held-out M2E2 train sentences (never dev); writes settings.json."""
+    """Calibrate the events-vs-None margin on held-out M2E2 train sentences (never dev); writes settings.json
+    (yours, in the user config folder, unless --out)."""
     from reamo.eval.calibrate import calibrate_events
 
     _calibrate(calibrate_events, model, config, out, limit, max_new_tokens=160, event_none_bias=None)
 
 
-def _calibrate(run: Any, model: str, config: list[Path], out: Path, limit: int, max_new_tokens: int,
-               **undecided: Any) -> None:
+def _calibrate(run: Any, model: str, config: Optional[list[Path]], out: Optional[Path], limit: int,
+               max_new_tokens: int, **undecided: Any) -> None:
     """Load the model with the decision being calibrated switched off, run the calibration, print its result."""
+    recipes = list(config) if config else _shipped_recipes()
+    for recipe in recipes:
+        _check_file(recipe, "--config")
+    target = _settings_target(out)
     try:
         agent = _load_agent(model, max_new_tokens, **undecided)
-        result = run(agent, config, out, limit=limit)
+        result = run(agent, recipes, target, limit=limit)
     except ReamoError as err:
         _fail(str(err))
     console.print_json(result.model_dump_json())
+    console.print(f"wrote {target}")
 
 
 @app.command()
@@ -344,7 +449,8 @@ def bench(
 
 @app.command()
 def batch(
-    corpus: Path = typer.Option(..., "--corpus", help="jsonl or parquet rows: id, text, image?, audio?, video?"),
+    corpus: Path = typer.Option(..., "--corpus",
+                                help="jsonl or parquet rows (a file or a folder of them): id, text, image?, audio?, video?"),
     out: Path = typer.Option(..., "--out", help="Output folder of part-*.parquet files (id, result_json)."),
     actors: int = typer.Option(2, "--actors", min=1, help="Agents running at once (one per GPU on a cluster)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1),
@@ -355,7 +461,9 @@ def batch(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a Ray cluster ('auto')."),
 ) -> None:
     """Corpus-scale extraction with Ray Data (resumable)."""
-    _check_file(corpus, "--corpus")
+    if not corpus.exists():
+        _fail(f"--corpus not found: {corpus}; give a jsonl or parquet file (or a folder of them)")
+    tasks = _check_tasks(tasks)
     try:
         from reamo.corpus import extract_corpus
 
@@ -376,14 +484,39 @@ def memory(
     context: int = typer.Option(2048, "--context", min=1),
     batch_size: int = typer.Option(1, "--batch", min=1),
     training: bool = typer.Option(False, "--training"),
+    measure: bool = typer.Option(False, "--measure", help="Measure instead: build the preset's exact shapes with "
+                                 "random weights on this GPU (CPU: --preset tiny only) before any download."),
+    new_tokens: int = typer.Option(32, "--new-tokens", min=1, help="With --measure: tokens generated after --context."),
+    speed_batch: int = typer.Option(16, "--speed-batch", min=1, help="With --measure: tokens/s at batch 1 and this."),
+    speed_tokens: int = typer.Option(128, "--speed-tokens", min=1, help="With --measure: new tokens per speed run."),
+    decoding: str = typer.Option("eager,static,compile", "--decoding", help="With --measure: decoding modes to time."),
+    train_rows: int = typer.Option(4, "--train-rows", min=0, help="With --measure: QLoRA step rows (0 = no step)."),
+    train_seq: int = typer.Option(1024, "--train-seq", min=2, help="With --measure: QLoRA step sequence length."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="With --measure: also write the report as JSON."),
 ) -> None:
-    """Estimate GPU memory for a preset before loading it (parameters, LoRA, optimizer, activations, KV cache)."""
+    """Estimate GPU memory for a preset before loading it (parameters, LoRA, optimizer, activations, KV cache);
+    with --measure, measure it: load memory, the peak at --context x --batch, tokens/s per decoding mode and a
+    QLoRA step's memory, with random weights of the preset's shapes."""
     from reamo.memory import estimate
 
     try:
-        console.print(estimate(preset, context=context, batch=batch_size, training=training).describe())
+        if not measure:
+            console.print(estimate(preset, context=context, batch=batch_size, training=training).describe())
+            return
+        from reamo.measure import measure as run_measure
+
+        with console.status(f"Measuring {preset} with random weights..."):
+            report = run_measure(preset, context=context, batch=batch_size, new_tokens=new_tokens,
+                                 speed_batch=speed_batch, speed_tokens=speed_tokens,
+                                 decoding=tuple(m.strip() for m in decoding.split(",") if m.strip()),
+                                 train_rows=train_rows or None, train_seq=train_seq)
     except ReamoError as err:
         _fail(str(err))
+    console.print(report.describe(), markup=False, highlight=False, soft_wrap=True)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(report.model_dump_json(indent=2), encoding="utf-8")
+        console.print(f"wrote {json_out}")
 
 
 def _register_subcommands() -> None:

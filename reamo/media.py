@@ -361,6 +361,12 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise MediaError(f"{name}: the array contains NaN or infinity; clean it before loading")
+        if array.size and (float(array.min()) < 0.0 or float(array.max()) > 255.0):
+            raise MediaError(
+                f"{name}: float pixel values {float(array.min()):.3g}..{float(array.max()):.3g} in a "
+                f"{array.shape} {array.dtype} array are outside 0..255; scale them to [0, 1] (or 0..255) or "
+                "convert to uint8"
+            )
         scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
         return np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer):

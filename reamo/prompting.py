@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from reamo.errors import ConfigError
 from reamo.schema import Labels, Task
 
 DEFAULT_ENTITY_TYPES = ["PER", "ORG", "LOC", "OTHER"]
@@ -42,14 +43,44 @@ FEW_SHOT: list[dict[str, Any]] = [
 ]
 
 
-def resolve_labels(labels: Labels | dict[str, list[str]] | list[str] | None) -> Labels:
-    """Accept a Labels record, a dict of its fields, or a plain list of entity types; fill defaults."""
+_LABEL_FORMS = (
+    "a Labels record, a dict with entity_types / relation_types / event_types, a list or tuple of entity types "
+    "such as ['PER', 'ORG'], or a comma-separated string such as 'PER,ORG'"
+)
+
+
+def _label_list(value: Any, what: str) -> list[str]:
+    """A list/tuple of non-empty strings or a comma-separated string -> stripped names; anything else: ConfigError."""
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(f"{what} cannot be a {type(value).__name__} ({value!r}); give {_LABEL_FORMS}")
+    bad = [item for item in items if not isinstance(item, str) or not item.strip()]
+    if bad:
+        raise ConfigError(
+            f"{what} must be non-empty strings, got {bad[0]!r} ({type(bad[0]).__name__}) in {value!r}; "
+            f"give {_LABEL_FORMS}"
+        )
+    return [item.strip() for item in items]
+
+
+def resolve_labels(labels: Labels | dict[str, Any] | list[str] | tuple[str, ...] | str | None) -> Labels:
+    """Accept a Labels record, a dict of its fields, a list/tuple of entity types or a comma-separated string of
+    them ("PER,ORG"); fill defaults. Anything else raises ConfigError naming what was given and the accepted forms."""
     if labels is None:
         labels = Labels()
-    elif isinstance(labels, list):
-        labels = Labels(entity_types=list(labels))
+    elif isinstance(labels, (list, tuple, str)):
+        labels = Labels(entity_types=_label_list(labels, "labels"))
     elif isinstance(labels, dict):
-        labels = Labels(**labels)
+        fields = list(Labels.model_fields)
+        unknown = [key for key in labels if key not in fields]
+        if unknown:
+            raise ConfigError(f"labels: unknown key(s) {unknown}; a labels dict takes {', '.join(fields)}")
+        labels = Labels(**{key: _label_list(value, f"labels[{key!r}]") for key, value in labels.items()})
+    elif not isinstance(labels, Labels):
+        raise ConfigError(f"labels cannot be a {type(labels).__name__} ({labels!r}); give {_LABEL_FORMS}")
     return Labels(
         entity_types=labels.entity_types or DEFAULT_ENTITY_TYPES,
         relation_types=labels.relation_types or DEFAULT_RELATION_TYPES,

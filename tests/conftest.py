@@ -1,13 +1,67 @@
-"""Shared fixtures: tiny random-weight models built from configs (no download), paths to shared data."""
+"""Shared fixtures: tiny random-weight models built from configs (no download), paths to shared data.
+
+Datasets (GMNER / MNRE / M2E2 and the sample media) are not redistributed with the code. A test that needs them says
+so, with `@pytest.mark.needs_data`, the `shared_data` fixture or `require_data(...)`: without them it is skipped with
+NEEDS_DATA (so `python -m pytest` passes in any clone), and with REAMO_REQUIRE_DATA=1 (CI) a missing dataset is a
+failure instead, so nothing is skipped silently where the data should be. Location: $REAMO_DATA_DIR, else
+../shared/data beside the repository (as `reamo.datasets.data_root`).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+REQUIRE_DATA_ENV = "REAMO_REQUIRE_DATA"
+NEEDS_DATA = "needs the GMNER/MNRE/M2E2 datasets: put them in ../shared/data or set REAMO_DATA_DIR (see README)"
+NEEDS_MEDIA = "needs the shared sample photos and videos: put them in ../shared/data/media or set REAMO_DATA_DIR (see README)"
+
+
+def data_dir() -> Path:
+    """$REAMO_DATA_DIR if set, else ../shared/data beside the repository root (where the readers look)."""
+    env = os.environ.get("REAMO_DATA_DIR")
+    return Path(env).expanduser() if env else REPO.parent / "shared" / "data"
+
+
+SHARED_DATA = data_dir()
+
+
+def require_data(*parts: str) -> Path:
+    """The data folder (with gmner/, mnre/ and m2e2/), or the path `parts` inside it (e.g. "media", "images");
+    the test is skipped when it is missing, or fails under REAMO_REQUIRE_DATA=1."""
+    root = data_dir()
+    wanted = [root.joinpath(*parts)] if parts else [root / name for name in ("gmner", "mnre", "m2e2")]
+    missing = [str(path) for path in wanted if not path.exists()]
+    if missing:
+        reason = NEEDS_MEDIA if parts[:1] == ("media",) else NEEDS_DATA
+        if os.environ.get(REQUIRE_DATA_ENV, "") not in ("", "0"):
+            pytest.fail(f"missing {', '.join(missing)} with {REQUIRE_DATA_ENV}=1: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return root.joinpath(*parts)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"needs_data(*parts): {NEEDS_DATA} (or, with 'media', the sample media); "
+                                       f"skipped without them, failed with {REQUIRE_DATA_ENV}=1")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`needs_data` is checked before any fixture runs (module fixtures read the datasets)."""
+    for marker in item.iter_markers("needs_data"):
+        require_data(*marker.args)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_config_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests do not read the user's own settings (reamo calibrate-* writes them): an empty config folder."""
+    if "REAMO_CONFIG_DIR" not in os.environ:
+        os.environ["REAMO_CONFIG_DIR"] = str(tmp_path_factory.mktemp("reamo-config"))
+
+
 CORPUS = [
     "Rafael Nadal gets engaged to Mery Perello in Mallorca.",
     "USER: ASSISTANT: Entities: Relations: Events: None PER ORG LOC OTHER",
@@ -51,6 +105,5 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared data not found at {SHARED_DATA}; it must sit beside the repository root")
-    return SHARED_DATA
+    """The data folder; the test is skipped (or failed under REAMO_REQUIRE_DATA=1) without it."""
+    return require_data()

@@ -6,8 +6,13 @@ import pytest
 from reamo.eval.baselines import ACE_TYPE_MAP, MajorityRelation, SpacyNer, choose_majority_relation
 from reamo.eval.metrics import evaluate, mnre_scores
 
-from reamo.datasets import read_gmner, read_m2e2, read_mnre
+from reamo.datasets import Example, read_gmner, read_m2e2, read_mnre
 from reamo.schema import Result
+
+
+def _example(text: str, source: str, tasks: list[str]) -> Example:
+    """An input the test makes (no dataset needed)."""
+    return Example(id=f"{source}:test:1", text=text, gold=Result(text=text, tasks=tasks), source=source, split="dev")
 
 
 @pytest.fixture(scope="module")
@@ -15,6 +20,7 @@ def gmner100():
     return read_gmner("dev", limit=100)
 
 
+@pytest.mark.needs_data
 def test_spacy_spans_slice_to_their_text_and_score_on_gmner(gmner100) -> None:
     preds = SpacyNer().predict_batch(gmner100)
     assert sum(len(p.entities) for p in preds) > 50
@@ -28,13 +34,13 @@ def test_spacy_spans_slice_to_their_text_and_score_on_gmner(gmner100) -> None:
 
 
 def test_spacy_mapping_drops_numeric_types() -> None:
-    example = read_gmner("dev", limit=1)[0].model_copy(
-        update={"text": "Apple paid 5 billion dollars to Tim Cook in London on Monday ."})
+    example = _example("Apple paid 5 billion dollars to Tim Cook in London on Monday .", "gmner", ["ner"])
     pred = SpacyNer()(example)
     assert {(e.text, e.type) for e in pred.entities} >= {("Tim Cook", "PER"), ("London", "LOC")}
     assert not any(ch.isdigit() for e in pred.entities for ch in e.text)  # MONEY / DATE / CARDINAL dropped
 
 
+@pytest.mark.needs_data
 def test_spacy_on_m2e2_uses_ace_types() -> None:
     examples = read_m2e2("dev", limit=30)
     preds = SpacyNer.for_dataset("m2e2").predict_batch(examples)
@@ -43,6 +49,7 @@ def test_spacy_on_m2e2_uses_ace_types() -> None:
     assert evaluate([(e.gold, p) for e, p in zip(examples, preds)], "exact", ["ner"]).f1("ner") > 0.2
 
 
+@pytest.mark.needs_data
 def test_majority_relation_from_train_and_its_val_score() -> None:
     baseline = MajorityRelation()
     assert baseline.label == "/per/per/peer"  # 960 of 12,247 train pairs, the most frequent non-None
@@ -56,5 +63,5 @@ def test_majority_relation_from_train_and_its_val_score() -> None:
 def test_choose_majority_prefers_none_only_when_nothing_else() -> None:
     assert choose_majority_relation(["None", "None", "a", "b", "b"]) == "b"
     assert choose_majority_relation(["None", "None"]) == "None"
-    assert MajorityRelation(["None"])(read_mnre("val", limit=1)[0]) == Result(text=read_mnre("val", limit=1)[0].text,
-                                                                              tasks=["re"])
+    pair = _example("Rafael Nadal and Mery Perello in Mallorca", "mnre", ["re"])
+    assert MajorityRelation(["None"])(pair) == Result(text=pair.text, tasks=["re"])

@@ -1,4 +1,5 @@
-"""Readers on the real GMNER / MNRE / M2E2 files in ../shared/data, plus location, error and jsonlines handling."""
+"""Readers on the real GMNER / MNRE / M2E2 files (../shared/data or $REAMO_DATA_DIR), plus location, error and jsonlines
+handling (those run without the datasets)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from reamo.datasets import (
 )
 from reamo.schema import ImageRegion, NoRegion
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+from conftest import data_dir
+
+DATA = data_dir()
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,7 @@ def _assert_spans_slice_back(examples: list[Example]) -> None:
             assert example.text[mention.span.start : mention.span.end] == mention.text, example.id
 
 
+@pytest.mark.needs_data
 def test_gmner_dev_counts_and_groundings(gmner_dev: list[Example]) -> None:
     assert len(gmner_dev) == 1500
     entities = [e for ex in gmner_dev for e in ex.gold.entities]
@@ -63,6 +66,7 @@ def test_gmner_dev_counts_and_groundings(gmner_dev: list[Example]) -> None:
     assert len({ex.id for ex in gmner_dev}) == 1500
 
 
+@pytest.mark.needs_data
 def test_gmner_tweet_with_two_boxes_for_one_entity(gmner_dev: list[Example]) -> None:
     tweet = next(ex for ex in gmner_dev if ex.id == "gmner:dev:O_4862")
     assert tweet.image == "O_4862.jpg" and tweet.gold.media == {"image": "O_4862.jpg"}
@@ -72,6 +76,7 @@ def test_gmner_tweet_with_two_boxes_for_one_entity(gmner_dev: list[Example]) -> 
     assert [g.box.xyxy for g in entity.groundings] == [(32.0, 1.0, 275.0, 398.0), (300.0, 2.0, 600.0, 398.0)]
 
 
+@pytest.mark.needs_data
 def test_gmner_first_tweet_text_and_limit() -> None:
     (first,) = read_gmner("dev", root=DATA, limit=1)
     assert first.id == "gmner:dev:1768609"
@@ -79,6 +84,7 @@ def test_gmner_first_tweet_text_and_limit() -> None:
     assert [(e.text, e.type, e.span.start) for e in first.gold.entities] == [("Ted Cruz", "PER", 31)]
 
 
+@pytest.mark.needs_data
 def test_mnre_lines_parse_and_pairs_are_kept() -> None:
     val = read_mnre("val", root=DATA, strict=True)
     train = read_mnre("train", root=DATA, strict=True)
@@ -96,6 +102,7 @@ def test_mnre_lines_parse_and_pairs_are_kept() -> None:
             assert not ex.gold.relations and len(ex.gold.entities) == 2
 
 
+@pytest.mark.needs_data
 def test_m2e2_split_is_deterministic_disjoint_and_sized(m2e2: dict[str, list[Example]]) -> None:
     train, dev = m2e2["train"], m2e2["dev"]
     assert (len(train), len(dev)) == (5249, 764)  # documented in reamo.datasets
@@ -107,6 +114,7 @@ def test_m2e2_split_is_deterministic_disjoint_and_sized(m2e2: dict[str, list[Exa
     _assert_spans_slice_back(train + dev)
 
 
+@pytest.mark.needs_data
 def test_m2e2_uses_token_text_not_detokenized_text(m2e2: dict[str, list[Example]]) -> None:
     examples = m2e2["train"] + m2e2["dev"]
     entity_texts = {e.text for ex in examples for e in ex.gold.entities}
@@ -147,6 +155,7 @@ def test_bad_lines_are_reported_with_file_and_line(tmp_path: Path, monkeypatch: 
         read_gmner("dev", strict=True)
 
 
+@pytest.mark.needs_data
 def test_jsonl_round_trip(tmp_path: Path, gmner_dev: list[Example], caplog: pytest.LogCaptureFixture) -> None:
     examples = gmner_dev[:20] + read_mnre("val", root=DATA, limit=5)
     path = tmp_path / "out" / "examples.jsonl"

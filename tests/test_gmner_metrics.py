@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from reamo.datasets import read_gmner
 from reamo.eval.gmner import region_correct, score_gmner
 from reamo.schema import Box, Entity, ImageRegion, NoRegion, Result, TextSpan
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import data_dir
+
+DATA = data_dir()  # $REAMO_DATA_DIR or ../shared/data
 TEXT = "Taylor Swift and Ed Sheeran in London"
 
 
@@ -79,6 +79,7 @@ def test_text_mode_matches_predictions_without_spans() -> None:
     assert score_gmner([(gold, pred)], mode="text").gmner.tp == 1
 
 
+@pytest.mark.needs_data
 def test_real_gmner_dev_gold_and_text_only_baseline() -> None:
     dev = read_gmner("dev", root=DATA)
     perfect = score_gmner([(ex.gold, ex.gold) for ex in dev])

@@ -21,7 +21,7 @@ from reamo.errors import MediaError
 from reamo.media import MediaBundle, load_image
 from reamo.schema import Box, ImageRegion, NoRegion
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+PHOTO = Path(skimage.data.__file__).parent / "rocket.jpg"  # a real 640x427 photo that ships with scikit-image
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 ASTRONAUT_FACE = Box(x1=175, y1=55, x2=275, y2=180)  # Eileen Collins' face in skimage.data.astronaut()
 
@@ -29,19 +29,19 @@ ASTRONAUT_FACE = Box(x1=175, y1=55, x2=275, y2=180)  # Eileen Collins' face in s
 @pytest.fixture(scope="module")
 def banner() -> tuple[MediaBundle, Box]:
     """A real photo with a sponsor banner printed on it; returns the media and where the text was drawn."""
-    photo = Image.open(SHARED / "media" / "images" / "truck.jpg").convert("RGB")
+    photo = Image.open(PHOTO).convert("RGB")
     draw = ImageDraw.Draw(photo)
-    draw.rectangle([100, 100, 520, 170], fill="white")
+    draw.rectangle([20, 30, 440, 100], fill="white")  # top-left of the photo
     if FONT.is_file():
         font = ImageFont.truetype(str(FONT), 48)
-        draw.text((110, 105), "COCA COLA", font=font, fill=(200, 0, 0))
-        x1, y1, x2, y2 = draw.textbbox((110, 105), "COCA COLA", font=font)
+        draw.text((30, 35), "COCA COLA", font=font, fill=(200, 0, 0))
+        x1, y1, x2, y2 = draw.textbbox((30, 35), "COCA COLA", font=font)
     else:  # pragma: no cover - machines without DejaVu
         import cv2
 
         array = np.asarray(photo).copy()
-        cv2.putText(array, "COCA COLA", (110, 155), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (200, 0, 0), 4)
-        photo, (x1, y1, x2, y2) = Image.fromarray(array), (110, 118, 420, 158)
+        cv2.putText(array, "COCA COLA", (30, 85), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (200, 0, 0), 4)
+        photo, (x1, y1, x2, y2) = Image.fromarray(array), (30, 48, 340, 88)
     return MediaBundle(image=load_image(photo)), Box(x1=x1, y1=y1, x2=x2, y2=y2)
 
 
@@ -110,3 +110,35 @@ def test_missing_image_is_a_media_error() -> None:
     tool = make_image_segmentation()
     with pytest.raises(MediaError, match="image"):
         tool(MediaBundle(), "anything")
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((10, 10, 3), dtype=np.uint8),  # 10x10 px
+        np.full((12, 40, 3), 200, dtype=np.uint8),  # 12x40 px
+        np.random.default_rng(0).random((10, 10)),  # a 2-D float array in [0, 1]
+        np.random.default_rng(1).random((12, 40)) * 255.0,  # a 2-D float array in [0, 255]
+    ],
+    ids=["10x10", "12x40", "float-10x10-unit", "float-12x40-255"],
+)
+def test_tiny_image_gives_no_faces_and_no_region_not_a_crash(array: np.ndarray) -> None:
+    """Issue 27: a 10x10 image crashed MTCNN ("torch.cat(): expected a non-empty list of Tensors")."""
+    image = load_image(array)
+    assert (image.height, image.width) == array.shape[:2] and image.array.dtype == np.uint8
+    text = describe_image(image)
+    assert "No readable text" in text and "No faces detected" in text, text
+    for target, entity_type in (("Rafael Nadal", "PER"), ("a man", None), ("Nike", "ORG")):
+        [none] = image_segmentation(MediaBundle(image=image), target, entity_type)
+        assert isinstance(none, NoRegion), none
+    assert FaceDetector().detect(image) == []
+
+
+def test_tiny_video_frames_go_through_the_same_detector() -> None:
+    from reamo.media import load_video
+    from reamo.tools.video import describe_video, video_tracking
+
+    video = load_video(np.zeros((4, 12, 40, 3), dtype=np.uint8), fps=2.0)
+    assert "No readable text" in describe_video(video)
+    [none] = video_tracking(MediaBundle(video=video), "Rafael Nadal", "PER")
+    assert isinstance(none, NoRegion), none

@@ -17,9 +17,48 @@ from PIL import Image
 from reamo.errors import MediaError
 from reamo.media import MediaBundle, MediaLimits, load_audio, load_image, load_video
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "media"
+from conftest import data_dir
+
+DATA = data_dir() / "media"  # the shared sample photos and videos (tests marked needs_data("media"))
 IMAGES = DATA / "images"
 VIDEOS = DATA / "videos"
+# Real photos that ship inside scikit-image, and clips the tests make (`clips`): these run in any clone.
+SKIMAGE_PHOTOS = Path(skimage.data.__file__).parent
+ROCKET = SKIMAGE_PHOTOS / "rocket.jpg"  # 640x427 JPEG
+SHARED_MEDIA = pytest.mark.needs_data("media")
+
+
+def _make_clip(path: Path, seconds: float = 6.0, fps: int = 30, audio: bool = False) -> Path:
+    """An H.264 MP4 (index first, like a web video) of a photo panning, with a 440 Hz AAC track when `audio`."""
+    photo = skimage.data.astronaut()
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        video = container.add_stream("h264", rate=fps)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        sound = container.add_stream("aac", rate=16000) if audio else None
+        for index in range(int(seconds * fps)):
+            x = (3 * index) % 150
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(photo[x : x + 240, x : x + 320]), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        if sound is not None:
+            samples = _tone(440, seconds, 16000)
+            for start in range(0, len(samples), 1024):
+                chunk = av.AudioFrame.from_ndarray(samples[None, start : start + 1024], format="flt", layout="mono")
+                chunk.sample_rate, chunk.pts = 16000, start
+                for packet in sound.encode(chunk):
+                    container.mux(packet)
+            for packet in sound.encode(None):
+                container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """6 s clips made here: 'video' (no audio track) and 'with_audio'."""
+    folder = tmp_path_factory.mktemp("clips")
+    return {"video": _make_clip(folder / "pan.mp4"), "with_audio": _make_clip(folder / "pan_tone.mp4", audio=True)}
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -37,10 +76,14 @@ def _png_header_only(width: int, height: int) -> bytes:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["truck.jpg", "groceries.jpg", "cars.jpg"])
-def test_real_photos_load_as_rgb_identical_to_pillow(name: str) -> None:
-    image = load_image(IMAGES / name)
-    with Image.open(IMAGES / name) as reference:
+@pytest.mark.parametrize("path", [
+    *(pytest.param(IMAGES / name, marks=SHARED_MEDIA, id=name) for name in ("truck.jpg", "groceries.jpg", "cars.jpg")),
+    *(pytest.param(SKIMAGE_PHOTOS / name, id=name) for name in ("rocket.jpg", "hubble_deep_field.jpg", "retina.jpg")),
+])
+def test_real_photos_load_as_rgb_identical_to_pillow(path: Path) -> None:
+    name = path.name
+    image = load_image(path)
+    with Image.open(path) as reference:
         expected = np.asarray(reference.convert("RGB"))
     assert image.array.dtype == np.uint8 and image.array.shape == expected.shape
     assert (image.width, image.height) == (expected.shape[1], expected.shape[0])
@@ -125,8 +168,8 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 def test_wrong_extension_is_read_by_content(tmp_path: Path) -> None:
     path = tmp_path / "actually_a_jpeg.png"
-    path.write_bytes((IMAGES / "groceries.jpg").read_bytes())
-    assert load_image(path).array.shape == (534, 800, 3)
+    path.write_bytes(ROCKET.read_bytes())
+    assert load_image(path).array.shape == (427, 640, 3)
 
 
 @pytest.mark.parametrize("fraction", [0.5, 0.9])
@@ -142,7 +185,7 @@ def test_truncated_images_raise_media_error(tmp_path: Path, suffix: str, fractio
     assert str(cut) in str(info.value)
 
 
-def test_empty_missing_and_unsupported_files(tmp_path: Path) -> None:
+def test_empty_missing_and_unsupported_files(tmp_path: Path, clips: dict[str, Path]) -> None:
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     with pytest.raises(MediaError, match=r"empty \(0 bytes\)"):
@@ -157,7 +200,7 @@ def test_empty_missing_and_unsupported_files(tmp_path: Path) -> None:
         load_image(text)
     assert str(text) in str(info.value)
     with pytest.raises(MediaError, match="load_video"):
-        load_image(VIDEOS / "bedroom.mp4")
+        load_image(clips["video"])
     with pytest.raises(MediaError, match="file path, bytes"):
         load_image(12345)  # type: ignore[arg-type]
 
@@ -180,7 +223,7 @@ def test_pillow_own_bomb_guard_becomes_media_error() -> None:
 
 def test_byte_limit(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="max_bytes"):
-        load_image(IMAGES / "cars.jpg", MediaLimits(max_bytes=1000))
+        load_image(ROCKET, MediaLimits(max_bytes=1000))
 
 
 def test_image_arrays_float_and_bad_shapes() -> None:
@@ -240,15 +283,16 @@ def test_audio_arrays_int16_and_channels_first() -> None:
     assert load_audio(stereo_first).samples.shape == (16000,)
 
 
-def test_audio_wrong_extension_and_audio_track_of_video(tmp_path: Path) -> None:
+def test_audio_wrong_extension_and_audio_track_of_video(tmp_path: Path, clips: dict[str, Path]) -> None:
     path = tmp_path / "tone.mp3"  # really a WAV
     soundfile.write(path, _tone(440, 0.5, 22050), 22050, format="WAV")
     assert load_audio(path).duration == pytest.approx(0.5, abs=1e-3)
-    track = load_audio(VIDEOS / "01_dog.mp4")
-    assert track.duration == pytest.approx(9.66, abs=0.1)
+    track = load_audio(clips["with_audio"])
+    assert track.duration == pytest.approx(6.0, abs=0.1)
+    assert _amplitude_at(track.samples, 16000, 440) > 10 * _amplitude_at(track.samples, 16000, 1000)
 
 
-def test_audio_errors(tmp_path: Path) -> None:
+def test_audio_errors(tmp_path: Path, clips: dict[str, Path]) -> None:
     silent = tmp_path / "zero.wav"
     soundfile.write(silent, np.zeros(0, dtype=np.float32), 16000)
     with pytest.raises(MediaError, match=r"no samples \(0 s\)") as info:
@@ -271,9 +315,9 @@ def test_audio_errors(tmp_path: Path) -> None:
         load_audio(empty)
 
     with pytest.raises(MediaError, match="load_image"):
-        load_audio(IMAGES / "truck.jpg")
+        load_audio(ROCKET)
     with pytest.raises(MediaError, match="no audio track"):
-        load_audio(VIDEOS / "bedroom.mp4")
+        load_audio(clips["video"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -309,6 +353,7 @@ def test_video_sampling_indices_and_timestamps_match_frame_content(tmp_path: Pat
     assert len(spread.frame_indices) == 4 and spread.frame_indices[-1] >= 35  # covers the end, not only 0-1.5 s
 
 
+@SHARED_MEDIA
 def test_real_video_is_sampled_at_two_fps() -> None:
     video = load_video(VIDEOS / "bedroom.mp4")
     assert video.frames.shape[1:] == (540, 960, 3) and (video.width, video.height) == (960, 540)
@@ -331,8 +376,8 @@ def test_video_from_array_and_bundle() -> None:
     assert bundle.modalities == ["image", "video"] and bundle.audio is None
 
 
-def test_video_errors(tmp_path: Path) -> None:
-    data = (VIDEOS / "bedroom.mp4").read_bytes()
+def test_video_errors(tmp_path: Path, clips: dict[str, Path]) -> None:
+    data = clips["video"].read_bytes()
     for fraction in (0.01, 0.5, 0.8):
         cut = tmp_path / f"cut{fraction}.mp4"
         cut.write_bytes(data[: int(len(data) * fraction)])
@@ -349,13 +394,25 @@ def test_video_errors(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="empty"):
         load_video(empty)
     with pytest.raises(MediaError, match="max_video_seconds"):
-        load_video(VIDEOS / "bedroom.mp4", MediaLimits(max_video_seconds=3))
+        load_video(clips["video"], MediaLimits(max_video_seconds=3))
     with pytest.raises(MediaError, match="load_image"):
-        load_video(IMAGES / "truck.jpg")
+        load_video(ROCKET)
     wav = tmp_path / "sound.mp4"
     soundfile.write(wav, _tone(440, 0.5, 16000), 16000, format="WAV")
     with pytest.raises(MediaError, match="no video stream.*load_audio"):
         load_video(wav)
     renamed = tmp_path / "clip.avi"
     renamed.write_bytes(data)
-    assert len(load_video(renamed).frames) == 14
+    assert len(load_video(renamed).frames) == 12  # 6 s sampled at 2 fps
+
+
+def test_two_d_float_arrays_are_grayscale_in_unit_or_byte_range() -> None:
+    """Issue 27: a 2-D float array as image; [0, 1] and [0, 255] both become the same gray RGB image."""
+    gray = skimage.data.camera()[:64, :96]
+    for array in (gray.astype(np.float64) / 255.0, gray.astype(np.float32)):
+        image = load_image(array)
+        assert image.array.shape == (64, 96, 3) and image.array.dtype == np.uint8
+        assert np.abs(image.array[:, :, 0].astype(int) - gray).max() <= 1
+        assert (image.array[:, :, 0] == image.array[:, :, 2]).all()
+    with pytest.raises(MediaError, match=r"\(64, 96\) float64 array are outside 0\.\.255; scale them to \[0, 1\]"):
+        load_image((gray - gray.mean()) / gray.std())  # a standardized array: refused, not silently clipped

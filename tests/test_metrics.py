@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -42,7 +40,9 @@ from reamo.schema import (
     TrackFrame,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import data_dir
+
+DATA = data_dir()  # $REAMO_DATA_DIR or ../shared/data
 TEXT = "Rafael Nadal beat Novak Djokovic in Paris ."
 
 
@@ -166,6 +166,7 @@ def test_events_trigger_and_argument_scores() -> None:
     assert evaluate([(gold, relaxed_trigger)], mode="exact").tasks["et"].overall.tp == 0
 
 
+@pytest.mark.needs_data
 def test_gold_against_itself_on_real_m2e2_dev() -> None:
     dev = read_m2e2("dev", root=DATA)
     report = evaluate([(ex.gold, ex.gold) for ex in dev])
@@ -189,6 +190,7 @@ def test_relation_classification_excludes_none() -> None:
         relation_classification_scores(gold[:3], pred[:2])
 
 
+@pytest.mark.needs_data
 def test_mnre_scores_from_results_on_real_pairs() -> None:
     val = read_mnre("val", root=DATA, limit=200)
     n_gold = sum(1 for ex in val if ex.meta["relation"] != "None")

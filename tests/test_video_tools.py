@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -18,7 +16,9 @@ from reamo.errors import MediaError
 from reamo.media import MediaBundle, MediaLimits, load_video
 from reamo.schema import Box, NoRegion, Track
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import data_dir
+
+SHARED = data_dir()  # $REAMO_DATA_DIR or ../shared/data: the sample videos (tests marked needs_data("media"))
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,7 @@ def test_describe_video_reports_length_and_text(moving_word: tuple[MediaBundle, 
     assert "'NADAL'" in text
 
 
+@pytest.mark.needs_data("media")
 def test_real_video_track_stays_in_frame_and_covers_the_video() -> None:
     video = load_video(SHARED / "media" / "videos" / "01_dog.mp4", MediaLimits(max_video_frames=6))
     box = Box(x1=video.width * 0.35, y1=video.height * 0.35, x2=video.width * 0.65, y2=video.height * 0.65)

@@ -258,6 +258,10 @@ class FaceDetector:
             pil = image.to_pil()
             if scale < 1.0:
                 pil = pil.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+            if min(pil.size) < self.min_size:
+                # No face of at least min_size pixels fits (MTCNN's image pyramid is then empty and it crashes
+                # with "torch.cat(): expected a non-empty list of Tensors"): a tiny image simply has no faces.
+                return found
             if name == "mtcnn":
                 with self._lock:
                     boxes, probs = model.detect(pil)

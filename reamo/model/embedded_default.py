@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from reamo.errors import CheckpointNotFoundError
+from reamo.errors import CheckpointNotFoundError, ConfigError
 from typing import TYPE_CHECKING, Any
 
 from reamo.model.modeling_reamo import ReamoConfig
@@ -31,19 +31,51 @@ DEFAULT_NAMES = ("default", "reamo-default")
 BASE_NAMES = ("default-base", "smollm2-135m-instruct")  # the untuned base model, prompted few-shot
 # The tuned LoRA adapter shipped in the repository (four-stage tuning, see weights/default/MODEL_CARD.md)
 SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "weights" / "default" / "adapter"
-# Agent settings calibrated for that adapter (e.g. the given-pair relation threshold), written by
-# `reamo calibrate-pairs`; keys are AgentSettings fields, plus "_about" with provenance.
+# Agent settings calibrated for that adapter (e.g. the given-pair relation threshold), shipped with the package
+# (a maintainer re-calibrates with `reamo calibrate-pairs --out reamo/weights/default/settings.json`); keys are
+# AgentSettings fields, plus "_about" with provenance.
 SHIPPED_SETTINGS = SHIPPED_ADAPTER.parent / "settings.json"
+SETTINGS_NAME = "settings.json"
+
+
+def user_config_dir() -> Path:
+    """REAMO_CONFIG_DIR if set, else the platform's user config folder (e.g. ~/.config/reamo)."""
+    root = os.environ.get("REAMO_CONFIG_DIR")
+    if root:
+        return Path(root).expanduser()
+    from platformdirs import user_config_dir as platform_config_dir
+
+    return Path(platform_config_dir("reamo"))
+
+
+def user_settings_path() -> Path:
+    """The user's own settings (what `reamo calibrate-pairs` / `calibrate-events` write by default)."""
+    return user_config_dir() / SETTINGS_NAME
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: cannot read these agent settings ({error}); fix or delete the file") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: agent settings must be a JSON object, got {type(values).__name__}; fix or delete it")
+    return {k: v for k, v in values.items() if not k.startswith("_")}
 
 
 def shipped_settings() -> dict[str, Any]:
-    """The AgentSettings values calibrated for the shipped adapter ({} when none are shipped)."""
-    import json
-
-    if not SHIPPED_SETTINGS.is_file():
-        return {}
-    values = json.loads(SHIPPED_SETTINGS.read_text(encoding="utf-8"))
-    return {k: v for k, v in values.items() if not k.startswith("_")}
+    """The AgentSettings values for the shipped adapter: the shipped settings.json, then the user's settings file
+    (`user_settings_path()`, written by `reamo calibrate-*`) over it. {} when neither exists."""
+    values: dict[str, Any] = {}
+    used = []
+    for path in (SHIPPED_SETTINGS, user_settings_path()):
+        if path.is_file():
+            values.update(_read_settings(path))
+            used.append(str(path))
+    logger.info("agent settings for the default model from %s", " then ".join(used) if used else "nowhere (defaults)")
+    return values
 
 
 def cache_root() -> Path:
@@ -110,12 +142,15 @@ def load_default_model(tuned: bool = True) -> tuple["ReamoModel", bool]:
     exactly as it was trained, and the base model with them.
     """
     from reamo.model.modeling_reamo import ReamoModel
+    from reamo.quiet import bitsandbytes_hidden, filter_known_warnings
 
-    model = ReamoModel.from_config(default_config())
-    if tuned and (SHIPPED_ADAPTER / "adapter_model.safetensors").is_file():
-        from peft import PeftModel
+    filter_known_warnings()  # peft's use of a deprecated transformers property, see reamo/quiet.py
+    with bitsandbytes_hidden():  # never 4-bit: peft would import bitsandbytes, which reaches for the network
+        model = ReamoModel.from_config(default_config())
+        if tuned and (SHIPPED_ADAPTER / "adapter_model.safetensors").is_file():
+            from peft import PeftModel
 
-        model.llm = PeftModel.from_pretrained(model.llm, str(SHIPPED_ADAPTER), is_trainable=False)
-        model.llm.eval()
-        return model, True
+            model.llm = PeftModel.from_pretrained(model.llm, str(SHIPPED_ADAPTER), is_trainable=False)
+            model.llm.eval()
+            return model, True
     return model, False

@@ -1,0 +1,101 @@
+"""Where the agent's calibrated settings live: shipped with the package, overlaid by the user's own file (issue 27)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+from typer.testing import CliRunner
+
+from reamo.errors import ConfigError
+from reamo.eval.calibrate import write_setting
+from reamo.model import embedded_default
+
+REPO_SHIPPED = embedded_default.SHIPPED_SETTINGS
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "config"
+    monkeypatch.setenv("REAMO_CONFIG_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "shipped" / "settings.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"pair_none_bias": 0.2, "event_none_bias": 0.1, "_about": {"x": 1}}))
+    monkeypatch.setattr(embedded_default, "SHIPPED_SETTINGS", path)
+    return path
+
+
+def test_user_settings_live_in_the_config_folder(config_dir: Path) -> None:
+    assert embedded_default.user_config_dir() == config_dir
+    assert embedded_default.user_settings_path() == config_dir / "settings.json"
+
+
+def test_user_settings_overlay_the_shipped_ones_and_the_log_says_which_files(
+        config_dir: Path, shipped: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="reamo.model.embedded_default"):
+        assert embedded_default.shipped_settings() == {"pair_none_bias": 0.2, "event_none_bias": 0.1}
+    assert str(shipped) in caplog.text and str(config_dir) not in caplog.text
+    config_dir.mkdir()
+    user = embedded_default.user_settings_path()
+    write_setting(user, "pair_none_bias", -0.5, "calibrated by me", {"n": 3}, about_key="calibration")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reamo.model.embedded_default"):
+        assert embedded_default.shipped_settings() == {"pair_none_bias": -0.5, "event_none_bias": 0.1}
+    assert f"{shipped} then {user}" in caplog.text
+
+
+def test_a_broken_user_settings_file_is_named(config_dir: Path, shipped: Path) -> None:
+    config_dir.mkdir()
+    (config_dir / "settings.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"settings\.json: cannot read these agent settings"):
+        embedded_default.shipped_settings()
+
+
+def test_calibrate_defaults_write_the_user_file_and_read_the_packaged_recipes(
+        tmp_path: Path, config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from any folder: recipes come from the installed package, the result goes to the user's settings."""
+    from reamo.cli import app
+
+    class Outcome(BaseModel):
+        bias: float
+
+    seen: dict = {}
+
+    def fake_calibrate(agent, recipes, out, limit):
+        seen.update(recipes=recipes, out=out, limit=limit)
+        write_setting(out, "pair_none_bias", -0.25, "test", {}, about_key="calibration")
+        return Outcome(bias=-0.25)
+
+    monkeypatch.setattr("reamo.agent.Agent.from_pretrained", classmethod(lambda cls, *a, **k: object()))
+    monkeypatch.setattr("reamo.eval.calibrate.calibrate", fake_calibrate)
+    before = REPO_SHIPPED.read_bytes() if REPO_SHIPPED.is_file() else None
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    result = CliRunner().invoke(app, ["calibrate-pairs", "--limit", "10"])
+    assert result.exit_code == 0, result.output
+    assert seen["out"] == config_dir / "settings.json"
+    assert json.loads(seen["out"].read_text())["pair_none_bias"] == -0.25
+    packaged = Path(__import__("importlib").util.find_spec("reamo.tuning").submodule_search_locations[0])
+    assert [p.name for p in seen["recipes"]][0] == "default_smollm2.yaml" and len(seen["recipes"]) == 5
+    assert all(p.is_file() and p.parent == packaged / "configs" for p in seen["recipes"])
+    assert (REPO_SHIPPED.read_bytes() if REPO_SHIPPED.is_file() else None) == before  # the package is untouched
+    assert not list(elsewhere.iterdir())  # nothing written where the command was run
+
+    explicit = tmp_path / "maintainer" / "settings.json"
+    result = CliRunner().invoke(app, ["calibrate-pairs", "--out", str(explicit), "--config",
+                                      str(seen["recipes"][0])])
+    assert result.exit_code == 0, result.output
+    assert seen["out"] == explicit and explicit.is_file() and len(seen["recipes"]) == 1
+
+    result = CliRunner().invoke(app, ["calibrate-events", "--config", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "--config file not found" in result.output
