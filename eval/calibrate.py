@@ -1,12 +1,12 @@
 """Calibrates a model's two "something or None?" decisions on *train* data it was not tuned on, never on dev:
 the given-pair relation decision (MNRE) and the event decision (M2E2).
 
-`Agent.classify_pairs` ranks "None" and every offered relation by the model's log-likelihood of writing it and
+`reamo.decisions.classify_given_pairs` ranks "None" and every offered relation by the model's log-likelihood of writing it and
 answers the best relation when it beats "None" by more than a margin (`AgentSettings.pair_none_bias`). This
 module scores held-out train pairs once, picks the margin that maximises MNRE's micro F1 (None excluded) and writes
 it as an AgentSettings value (`weights/default/settings.json` for the shipped default).
 
-`Agent.decide_events` keeps the events the model wrote only when it preferred starting the Events line with an
+`reamo.decisions.decide_events` keeps the events the model wrote only when it preferred starting the Events line with an
 event over "None" by more than `AgentSettings.event_none_bias`; `calibrate_events` picks that margin for the best
 trigger F1 (type + exact trigger span) on M2E2 train sentences outside the tuning recipe.
 """
@@ -64,16 +64,27 @@ def held_out_pairs(exclude_texts: set[str], limit: int, seed: int = 0) -> list[E
     return random.Random(f"calibrate-{seed}").sample(lines, min(limit, len(lines)))
 
 
-def score_pairs(agent: Any, examples: Sequence[Example]) -> list[PairScore]:
-    """For each pair: the best-scoring relation (mapped back to its MNRE label) and its margin over "None"."""
+def score_pairs(agent: Any, examples: Sequence[Example], batch_size: int = 8) -> list[PairScore]:
+    """For each pair: the best-scoring relation (mapped back to its MNRE label) and its margin over "None"
+    (`reamo.decisions.best_relations`, batched through the pipeline's scorer)."""
+    from reamo.decisions import best_relations
+
     spec = DATASETS["mnre"]
     out = []
-    for example in tqdm(examples, desc="calibrating pairs"):
-        head, tail = given_pair(example)  # type: ignore[misc]
-        request = agent.prepare(example.text, None, None, None, spec.tasks, spec.labels, [(head.text, tail.text)])
-        relation, margin = agent.best_pair_relation(request, (head.text, tail.text))
-        out.append(PairScore(id=example.id, gold=str(example.meta["relation"]),
-                             label=spec.relation_aliases.get(relation, relation), margin=margin))
+    progress = tqdm(total=len(examples), desc="calibrating pairs", disable=None)
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        requests = []
+        for example in chunk:
+            head, tail = given_pair(example)  # type: ignore[misc]
+            requests.append(agent.prepare(example.text, None, None, None, spec.tasks, spec.labels,
+                                          [(head.text, tail.text)]))
+        for example, decided in zip(chunk, best_relations(agent, requests), strict=True):
+            relation, margin = decided[0]
+            out.append(PairScore(id=example.id, gold=str(example.meta["relation"]),
+                                 label=spec.relation_aliases.get(relation, relation), margin=margin))
+        progress.update(len(chunk))
+    progress.close()
     return out
 
 
@@ -185,19 +196,26 @@ def held_out_sentences(exclude_texts: set[str], limit: int, seed: int = 0) -> li
 
 
 def score_events(agent: Any, examples: Sequence[Example], batch_size: int = 8) -> list[EventScore]:
-    """Greedy extraction for each sentence (batched), then its event margin and trigger matches."""
+    """Greedy extraction for each sentence (batched, with the event decision off), then its event margin
+    (`reamo.decisions.event_margin_item`) and trigger matches."""
+    from reamo.decisions import event_margin_item
+
     spec = DATASETS["m2e2"]
     out = []
-    progress = tqdm(total=len(examples), desc="calibrating events")
+    progress = tqdm(total=len(examples), desc="calibrating events", disable=None)
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        results = agent.extract_batch([e.text for e in chunk], spec.tasks, spec.labels)
-        for example, result in zip(chunk, results, strict=True):
+        requests = [agent.prepare(e.text, None, None, None, spec.tasks, spec.labels) for e in chunk]
+        results = agent.run(requests)
+        items = [event_margin_item(r.prompt, r.segments[0].prefix, res.raw_output, r.features) if res.events
+                 else None for r, res in zip(requests, results, strict=True)]
+        scored = iter(agent.model.score_continuations([i for i in items if i is not None]))
+        for example, result, item in zip(chunk, results, items, strict=True):
             triggers = evaluate([(example.gold, result)], tasks=["ee"]).tasks["et"].overall  # as `reamo eval` scores
             margin = None
-            if result.events:
-                request = agent.prepare(example.text, None, None, None, spec.tasks, spec.labels)
-                margin = agent.event_margin(request.prompt, request.features, result.raw_output)
+            if item is not None:
+                with_event, without = next(scored)
+                margin = with_event - without
             out.append(EventScore(id=example.id, margin=margin, correct=triggers.tp, predicted=triggers.n_pred,
                                   gold=triggers.n_gold))
         progress.update(len(chunk))

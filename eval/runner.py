@@ -220,16 +220,21 @@ class AgentPredictor:
 
     @property
     def batch_size(self) -> int:
-        """Examples generated together by `predict_batch` (1 when each needs its own call: media or given pairs)."""
-        if self.image_dir is not None or self.spec.given_pairs or not hasattr(self.agent, "extract_batch"):
+        """Examples run together by `predict_batch` (1 when each needs its own media)."""
+        if self.image_dir is not None or not hasattr(self.agent, "extract_batch"):
             return 1
-        return 8
+        return int(getattr(getattr(self.agent, "settings", None), "batch_size", 8))
 
     def predict_batch(self, examples: Sequence[Example]) -> list[Result]:
-        """Text-only examples in one batched generation (`Agent.extract_batch`)."""
-        results = self.agent.extract_batch([e.text for e in examples], tasks=self.spec.tasks, labels=self.spec.labels)
-        for result in results:
+        """Text-only examples through one batched pipeline run (`Agent.extract_batch`); given pairs too."""
+        pairs = [given_pair(e) if self.spec.given_pairs else None for e in examples]
+        results = self.agent.extract_batch(
+            [e.text for e in examples], tasks=self.spec.tasks, labels=self.spec.labels,
+            pairs=[[(p[0].text, p[1].text)] if p else None for p in pairs])
+        for result, pair in zip(results, pairs, strict=True):
             self.map_relation_names(result)
+            if pair:
+                snap_to_pair(result, *pair)
         return results
 
     def map_relation_names(self, result: Result) -> None:

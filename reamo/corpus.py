@@ -6,8 +6,9 @@ Output: `output_dir/part-*.parquet` with columns `id, result_json, error, second
 batch as one file, atomically (temporary name, then `os.replace`), so a killed run leaves only complete files and
 `resume=True` skips every id that already has a result (ids that only failed are tried again).
 
-The actor runs the agent's own steps, but generates for the whole batch in one left-padded `generate` call: media
-loading, prompt building and the back half (`Agent.finish`: parse, align, tools) stay per row.
+The actor runs the agent's one pipeline on the whole batch (`Agent.prepare` per row, then `Agent.run`: batched
+generation and scoring, then the back half per row); a row that fails (bad media, a crashing tool) is recorded with
+its error and the others go on.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from reamo.errors import ConfigError, MissingDependencyError, ReamoError
+from reamo.errors import ConfigError, MissingDependencyError
 from reamo.schema import ALL_TASKS, Result
 
 logger = logging.getLogger(__name__)
@@ -179,49 +180,29 @@ class AgentActor:
         errors: list[str | None] = [None] * count
         seconds = [0.0] * count
 
-        prepared: dict[int, dict[str, Any]] = {}
+        prepared: dict[int, Any] = {}
         for row in range(count):
             started = time.perf_counter()
             try:
-                prepared[row] = _prepare(self.agent, texts[row], media["image"][row], media["audio"][row],
-                                         media["video"][row], self.tasks, self.labels)
-            except ReamoError as error:
+                prepared[row] = self.agent.prepare(texts[row], media["image"][row], media["audio"][row],
+                                                   media["video"][row], self.tasks, self.labels)
+            except Exception as error:  # noqa: BLE001 - one bad row (bad media, a crashing tool) is recorded
                 errors[row] = f"{type(error).__name__}: {error}"
             seconds[row] = time.perf_counter() - started
         if prepared:
             rows = list(prepared)
             started = time.perf_counter()
-            try:
-                raws = self.agent.model.generate(
-                    [prepared[r]["prompt"] for r in rows], [prepared[r]["features"] for r in rows],
-                    max_new_tokens=self.agent.settings.max_new_tokens, max_time=self.agent.settings.max_time_s,
-                )
-            except Exception as error:  # noqa: BLE001 - recorded per row; the ids are retried on resume
-                raws = None
-                for r in rows:
-                    errors[r] = f"generate failed: {type(error).__name__}: {error}"
+            outcomes = self.agent.run([prepared[r] for r in rows], raise_errors=False)
             shared = (time.perf_counter() - started) / len(rows)
-            for r, raw in zip(rows, raws or []):
-                item = prepared[r]
-                item["timings"]["generate"] = shared
-                mark = time.perf_counter()
-                try:
-                    result = self.agent.finish(raw, item["text"], self.tasks, item["media"], item["context"],
-                                               item["timings"], item["started"], item["labels"])
-                    result = self.agent.decide_events(item["prompt"], item["features"], result)
-                    results[r] = result.model_dump_json()
-                except ReamoError as error:
-                    errors[r] = f"{type(error).__name__}: {error}"
-                seconds[r] += shared + time.perf_counter() - mark
+            for r, outcome in zip(rows, outcomes, strict=True):
+                if isinstance(outcome, Result):
+                    results[r] = outcome.model_dump_json()
+                else:
+                    errors[r] = f"{type(outcome).__name__}: {outcome}"
+                seconds[r] += shared
         _write_atomic({"id": ids, "result_json": results, "error": errors, "seconds": seconds}, self.output_dir)
         return {"id": np.array(ids, dtype=object), "ok": np.array([r is not None for r in results]),
                 "seconds": np.array(seconds)}
-
-
-def _prepare(agent: Any, text: str, image: Any, audio: Any, video: Any, tasks: tuple[str, ...],
-             labels: Any) -> dict[str, Any]:
-    """The front half of `Agent.extract` for one row (`Agent.prepare`), as the dict the batch loop uses."""
-    return dict(agent.prepare(text, image, audio, video, tasks, labels))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -39,3 +39,7 @@ class QueryRefusedError(ReamoError, PermissionError):
 
 class QueryError(ReamoError, ValueError):
     """Cypher the graph database rejected (syntax, unknown table or property); the message is the engine's."""
+
+
+class ExtractionError(ReamoError, RuntimeError):
+    """One request of a batch could not be extracted (its generation or back half failed); the others were."""

@@ -222,6 +222,7 @@ class Mention(Record):
 class Entity(Mention):
     type: str = Field(min_length=1)
     groundings: list[Grounding] = Field(default_factory=list)
+    window: int | None = Field(default=None, description="index into Result.windows of a long text it was found in")
 
     def grounding(self, modality: Literal["image", "video", "audio"]) -> Grounding | None:
         """The first grounding for `modality` (an explicit NoRegion counts), or None if none was attempted."""
@@ -240,17 +241,23 @@ class Relation(Record):
     head: Mention
     type: str = Field(min_length=1)
     tail: Mention
+    window: int | None = Field(default=None, description="index into Result.windows of a long text it was found in")
+    score: float | None = Field(default=None, description="the model's log-likelihood margin of this relation over "
+                                "'None' for the pair (rank classification); None when it was generated freely")
 
 
 class Argument(Record):
     role: str = Field(min_length=1)
     entity: Mention
+    score: float | None = Field(default=None, description="margin of this role over 'None' for the mention")
 
 
 class Event(Record):
     type: str = Field(min_length=1)
     trigger: Mention
     arguments: list[Argument] = Field(default_factory=list)
+    window: int | None = Field(default=None, description="index into Result.windows of a long text it was found in")
+    score: float | None = Field(default=None, description="margin of this event type over 'None' for the trigger")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,6 +331,8 @@ class Result(Record):
     context: str = Field(default="", description="text the tools made from the media and gave to the LLM")
     media: dict[str, str] = Field(default_factory=dict, description="modality -> name of the media given")
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+    windows: list[TextSpan] = Field(default_factory=list, description="the windows a long text was read in "
+                                    "(empty when it fit one prompt); items name theirs by `window`")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())

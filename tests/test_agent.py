@@ -30,6 +30,17 @@ def spoken(media: MediaBundle, target: str, entity_type: str | None = None) -> l
     return [NoRegion(modality="audio", reason="not heard")]
 
 
+def finished(agent: Agent, raw: str, tasks: tuple, labels: Labels | None, media: MediaBundle | None = None) -> Result:
+    """The pipeline's back half on a fixed model output for TEXT (media given as already loaded)."""
+    request = agent.prepare(TEXT, tasks=tasks, labels=labels)
+    if labels is not None:  # as given (Labels() = any type), not filled with the defaults
+        request = request.model_copy(update={"labels": labels})
+    if media is not None:
+        request = request.model_copy(update={
+            "media": media, "modalities": [m for m in ("image", "video", "audio") if getattr(media, m) is not None]})
+    return agent.finish(request, [raw])
+
+
 @pytest.fixture(scope="module")
 def tiny_agent(tiny_llm_dir) -> Agent:
     registry = ToolRegistry()
@@ -48,7 +59,7 @@ def test_back_half_parses_aligns_dispatches_and_attaches(tiny_agent: Agent) -> N
     import numpy as np
 
     media = MediaBundle(audio=load_audio(np.zeros(16000, dtype=np.float32)))
-    result = tiny_agent.finish(raw, TEXT, ("ner", "re"), media, "", {}, time.perf_counter(), resolve_labels(None))
+    result = finished(tiny_agent, raw, ("ner", "re"), None, media)
     assert [(e.text, TEXT[e.span.start : e.span.end]) for e in result.entities] == [
         ("Rafael Nadal", "Rafael Nadal"), ("Mery Perello", "Mery Perello"), ("Mallorca", "Mallorca"),
     ]
@@ -72,7 +83,7 @@ def test_types_outside_the_requested_labels_are_dropped_and_reported(tiny_agent:
         "Events: [Life:Marry | engaged | Person: Rafael Nadal][Life:Engage | engaged | Person: Mery]"
     )
     labels = Labels(entity_types=["PER", "LOC"], relation_types=["couple"], event_types=["Life:Marry"])
-    result = tiny_agent.finish(raw, TEXT, ("ner", "re", "ee"), MediaBundle(), "", {}, time.perf_counter(), labels)
+    result = finished(tiny_agent, raw, ("ner", "re", "ee"), labels)
     assert [(e.text, e.type) for e in result.entities] == [("Rafael Nadal", "PER"), ("Mallorca", "LOC")]
     assert [(r.head.text, r.type, r.tail.text) for r in result.relations] == [("Rafael Nadal", "couple", "Mery")]
     assert [e.type for e in result.events] == ["Life:Marry"]
@@ -82,10 +93,10 @@ def test_types_outside_the_requested_labels_are_dropped_and_reported(tiny_agent:
     assert "'engaged_to'" in dropped[1] and "labels.relation_types" in dropped[1]
     assert "'Life:Engage'" in dropped[2] and "labels.event_types" in dropped[2]
     # only the asked tasks are checked: no problems about relations or events nobody asked for
-    only_ner = tiny_agent.finish(raw, TEXT, ("ner",), MediaBundle(), "", {}, time.perf_counter(), labels)
+    only_ner = finished(tiny_agent, raw, ("ner",), labels)
     assert [p.message for p in only_ner.problems if p.message.startswith("dropped")] == dropped[:1]
     # empty label lists allow any type
-    anything = tiny_agent.finish(raw, TEXT, ("ner",), MediaBundle(), "", {}, time.perf_counter(), Labels())
+    anything = finished(tiny_agent, raw, ("ner",), Labels())
     assert [e.type for e in anything.entities] == ["per", "Perello PER", "LOC"]
 
 
@@ -143,12 +154,15 @@ def test_continuation_logprobs_equal_a_full_forward_pass(tiny_agent: Agent) -> N
 
 
 def test_given_pairs_are_ranked_over_none_and_every_offered_relation(tiny_agent: Agent) -> None:
+    from reamo.decisions import classify_given_pairs
+    from reamo.pipeline import pair_prompt
+
     pair = ("Rafael Nadal", "Mery Perello")
     labels = {"relation_types": ["couple", "peer", "member_of"]}
     request = tiny_agent.prepare(TEXT, None, None, None, ("re",), labels, [pair])
     end = tiny_agent.model.tokenizer.eos_token
     scores = tiny_agent.model.continuation_logprobs(
-        tiny_agent.pair_prompt(request, pair), {},
+        pair_prompt(tiny_agent, request, pair).prompt, {},
         [f"Relations: None{end}"] + [f"Relations: (Rafael Nadal, {r}, Mery Perello){end}" for r in labels["relation_types"]],
     )
     best = max(range(3), key=lambda i: scores[i + 1])
@@ -156,45 +170,47 @@ def test_given_pairs_are_ranked_over_none_and_every_offered_relation(tiny_agent:
     old = tiny_agent.settings.pair_none_bias
     try:
         tiny_agent.settings.pair_none_bias = margin + 0.01  # the best relation does not beat None by enough
-        assert tiny_agent.classify_pairs(request) == "Relations: None"
+        assert classify_given_pairs(tiny_agent, [request])[0][0] == "Relations: None"
         tiny_agent.settings.pair_none_bias = margin - 0.01
         expected = f"Relations: (Rafael Nadal, {labels['relation_types'][best]}, Mery Perello)"
-        assert tiny_agent.classify_pairs(request) == expected
+        assert classify_given_pairs(tiny_agent, [request])[0][0] == expected
         result = tiny_agent.extract(TEXT, tasks=("re",), labels=labels, pairs=[pair])
         assert result.raw_output == expected
         assert [(r.head.text, r.type, r.tail.text) for r in result.relations] == [
             ("Rafael Nadal", labels["relation_types"][best], "Mery Perello")]
+        assert result.relations[0].score == pytest.approx(margin, abs=1e-4)  # the user sees how sure it was
         two = tiny_agent.prepare(TEXT, None, None, None, ("re",), labels, [pair, ("Mery Perello", "Mallorca")])
-        assert tiny_agent.classify_pairs(two).startswith(expected)  # each pair asked on its own, answers joined
+        # each pair asked on its own, answers joined
+        assert classify_given_pairs(tiny_agent, [two])[0][0].startswith(expected)
+        # batched with other requests: the same answers
+        batch = tiny_agent.extract_batch([TEXT, TEXT], tasks=("re",), labels=labels, pairs=[[pair], None])
+        assert batch[0].raw_output == expected
     finally:
         tiny_agent.settings.pair_none_bias = old
 
 
 def test_written_events_are_kept_only_above_the_event_margin(tiny_agent: Agent) -> None:
-    import time
+    from reamo.decisions import event_margin_item
 
     text = "Troops attacked the village of Mallorca"
     raw = "Entities: (Mallorca, LOC)\nEvents: [Conflict:Attack | attacked | Place: Mallorca]"
     request = tiny_agent.prepare(text, None, None, None, ("ner", "ee"), None)
-    margin = tiny_agent.event_margin(request.prompt, {}, raw)
+    item = event_margin_item(request.prompt, request.segments[0].prefix, raw, {})
     with_event, without = tiny_agent.model.continuation_logprobs(
         request.prompt + "Entities: (Mallorca, LOC)\n", {}, ["Events: [", "Events: None"])
-    assert margin == pytest.approx(with_event - without)
-    assert tiny_agent.event_margin(request.prompt, {}, "Entities: (Mallorca, LOC)\nEvents: None") is None
+    assert item is not None and item.prompt == request.prompt + "Entities: (Mallorca, LOC)\n"
+    margin = with_event - without
+    assert event_margin_item(request.prompt, "", "Entities: (Mallorca, LOC)\nEvents: None", {}) is None
 
-    def finished():
-        return tiny_agent.finish(raw, text, ("ner", "ee"), MediaBundle(), "", {}, time.perf_counter(),
-                                 resolve_labels(None))
-
-    assert [e.type for e in finished().events] == ["Conflict:Attack"]
     old = tiny_agent.settings.event_none_bias
     try:
         tiny_agent.settings.event_none_bias = None  # no decision: what greedy decoding wrote stays
-        assert tiny_agent.decide_events(request.prompt, {}, finished()).events
+        assert [e.type for e in tiny_agent.finish(request, [raw]).events] == ["Conflict:Attack"]
         tiny_agent.settings.event_none_bias = margin - 0.01
-        assert tiny_agent.decide_events(request.prompt, {}, finished()).events
+        kept = tiny_agent.finish(request, [raw]).events
+        assert kept and kept[0].score == pytest.approx(margin, abs=1e-4)
         tiny_agent.settings.event_none_bias = margin + 0.01
-        dropped = tiny_agent.decide_events(request.prompt, {}, finished())
+        dropped = tiny_agent.finish(request, [raw])
         assert dropped.events == [] and [e.text for e in dropped.entities] == ["Mallorca"]
         assert any("event_none_bias" in p.message for p in dropped.problems)
     finally:

@@ -36,7 +36,7 @@ def test_quick_bench_writes_json_with_expected_keys(tiny_llm_dir, tmp_path) -> N
     report = run_bench(agent, tmp_path, quick=True)
     saved = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
     assert saved == json.loads(json.dumps(report))
-    assert set(saved) == {"settings", "environment", "latency", "generation", "gpu", "load", "memory"}
+    assert set(saved) == {"settings", "environment", "latency", "generation", "datasets", "gpu", "load", "memory"}
     assert set(saved["latency"]) == set(KINDS)
     for kind in KINDS:
         stats = saved["latency"][kind]
@@ -49,3 +49,10 @@ def test_quick_bench_writes_json_with_expected_keys(tiny_llm_dir, tmp_path) -> N
     assert "skipped" in saved["gpu"] or saved["gpu"]["generation"]["single"]["tokens_per_s"] > 0
     markdown = (tmp_path / "bench.md").read_text(encoding="utf-8")
     assert "| text+audio |" in markdown and "## Generation (CPU)" in markdown
+    datasets = saved["datasets"]
+    for name, unit in (("gmner", "tweets_per_s"), ("mnre", "pairs_per_s"), ("m2e2", "sentences_per_s")):
+        assert "skipped" in datasets[name] or (datasets[name]["n"] == (8 if name == "gmner" else 4)
+                                               and datasets[name][unit] > 0), name
+    if "skipped" not in datasets["gmner"]:
+        assert datasets["gmner"]["single"]["p50_s"] > 0 and "generate" in datasets["gmner"]["stages_s"]
+    assert "## Throughput on the datasets (CPU)" in markdown

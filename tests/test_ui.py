@@ -59,11 +59,19 @@ class ScriptedLLM:
     encoded_modalities: tuple[str, ...] = ()
     encoder = None
 
-    def render_prompt(self, messages: list[dict[str, Any]], tools: Any = None) -> str:
+    class tokenizer:  # noqa: N801 - stands in for the model's tokenizer attribute (counts words)
+        eos_token = ""
+
+        def __new__(cls, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:  # type: ignore[misc]
+            return {"input_ids": list(range(len(text.split())))}
+
+    def render_prompt(self, messages: list[dict[str, Any]], tools: Any = None,
+                      add_generation_prompt: bool = True) -> str:
         content = messages[-1]["content"]
         return content if isinstance(content, str) else content[-1]["text"]
 
-    def generate(self, prompts: list[str], media: Any = None, max_new_tokens: int = 0, max_time: Any = None) -> list[str]:
+    def generate(self, prompts: list[str], media: Any = None, max_new_tokens: int = 0, max_time: Any = None,
+                 prefixes: Any = None) -> list[str]:
         if any(FAILURE_WORD in prompt for prompt in prompts):
             raise RuntimeError("CUDA error: device-side assert triggered (simulated)")
         return [self.answer(prompt.rsplit("Text: ", 1)[-1]) for prompt in prompts]

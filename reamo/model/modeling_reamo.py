@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,14 @@ from torch import nn
 
 from reamo.errors import CheckpointNotFoundError, ConfigError
 from reamo.model.imagebind_encoder import EncodedModality, ImageBindEncoder, ImageBindEncoderConfig
+from reamo.model.shared_prefix import (
+    KeyValues,
+    PrefixCache,
+    ScoringItem,
+    TokenTree,
+    common_prefix_length,
+    tree_attention_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +129,11 @@ def _torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_llm(config: ReamoConfig) -> tuple[nn.Module, Any]:
-    """Load the causal LM and its tokenizer (optionally 4-bit NF4 with double quantisation through bitsandbytes)."""
+def load_llm(config: ReamoConfig, decoding: str | None = None) -> tuple[nn.Module, Any]:
+    """Load the causal LM and its tokenizer (optionally 4-bit NF4 with double quantisation through bitsandbytes).
+
+    `decoding` picks how `generate` decodes (`DECODING_MODES`; default `$REAMO_DECODING`, else "eager": unchanged).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(config.dtype)}
@@ -157,6 +169,7 @@ def load_llm(config: ReamoConfig) -> tuple[nn.Module, Any]:
         ) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    _configure_decoding(llm, decoding or os.environ.get("REAMO_DECODING") or "eager")
     return llm, tokenizer
 
 
@@ -183,21 +196,28 @@ class ReamoModel(nn.Module):
                 ).to(device=device, dtype=compute_dtype)
         # generate() on one model object from several threads must not interleave (peft / KV cache state)
         self._lock = threading.Lock()
+        # key/values of recently used prompt starts (system turns), shared by generation and scoring
+        self.prefix_cache = PrefixCache()
 
     # -- construction --------------------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: ReamoConfig) -> "ReamoModel":
-        llm, tokenizer = load_llm(config)
+    def from_config(cls, config: ReamoConfig, training: bool = False, decoding: str | None = None) -> "ReamoModel":
+        """Build the model; `training=True` (the trainer) prepares a 4-bit LLM for k-bit training (see `add_lora`)."""
+        llm, tokenizer = load_llm(config, decoding)
         encoder = ImageBindEncoder(config.encoder) if config.encoder is not None else None
         model = cls(config, llm, tokenizer, encoder)
         if config.lora is not None:
-            model.add_lora(config.lora)
+            model.add_lora(config.lora, training=training)
         return model
 
-    def add_lora(self, settings: LoraSettings) -> None:
+    def add_lora(self, settings: LoraSettings, training: bool = True) -> None:
+        """Wrap the LLM with a new LoRA adapter. With `training` and a 4-bit LLM, peft's
+        `prepare_model_for_kbit_training` runs first (QLoRA: non-quantized weights upcast to float32, gradient
+        checkpointing on); inference skips it: the upcast made the residual stream, activations and KV cache float32
+        (a 2,415-token prompt peaked 3 GiB above the loaded 7B model instead of ~1.4 GiB)."""
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-        if self.config.load_in_4bit:
+        if self.config.load_in_4bit and training:
             self.llm = prepare_model_for_kbit_training(self.llm)
         lora = LoraConfig(
             r=settings.r,
@@ -209,17 +229,24 @@ class ReamoModel(nn.Module):
         self.llm = get_peft_model(self.llm, lora)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, **overrides: Any) -> "ReamoModel":
+    def from_pretrained(cls, folder: str | os.PathLike, training: bool = False, decoding: str | None = None,
+                        **overrides: Any) -> "ReamoModel":
+        """Load a `save_pretrained` folder; its adapter is loaded frozen (the trainer unfreezes what it trains), and a
+        4-bit LLM is prepared for k-bit training only with `training=True`, as in `add_lora`."""
         path = Path(folder).expanduser()
         config = ReamoConfig.load(path)
         if overrides:
             config = config.model_copy(update=overrides)
-        llm, tokenizer = load_llm(config)
+        llm, tokenizer = load_llm(config, decoding)
         encoder = ImageBindEncoder(config.encoder) if config.encoder is not None else None
         adapter = path / ADAPTER_DIR
         if adapter.is_dir():
             from peft import PeftModel
 
+            if training and config.load_in_4bit:
+                from peft import prepare_model_for_kbit_training
+
+                llm = prepare_model_for_kbit_training(llm)
             llm = PeftModel.from_pretrained(llm, str(adapter), is_trainable=False)
         model = cls(config, llm, tokenizer, encoder)
         projector_file = path / PROJECTOR_NAME
@@ -403,11 +430,57 @@ class ReamoModel(nn.Module):
         return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
     def _slices_logits(self) -> bool:
-        """Whether the LM's forward takes `logits_to_keep` (LLaMA-family models in transformers >= 4.50 do)."""
-        import inspect
+        """Whether the LM's forward keeps logits by a boolean [batch, length] `logits_to_keep` mask.
 
-        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
+        A signature check is not enough: transformers 5.0-5.17 take `logits_to_keep` but index with it as
+        `hidden_states[:, logits_to_keep, :]`, which raises IndexError for a 2-D mask. So the LM is asked once, with
+        a tiny call (`_probe_logits_mask`: two positions, one kept), and the answer is kept on this model. Where it
+        fails, `forward` computes all logits and the LM's own loss: the same loss, with more memory.
+        """
+        known = getattr(self, "_logits_mask_support", None)
+        if known is None:
+            known = _probe_logits_mask(self.llm)
+            self._logits_mask_support = known
+            if not known:
+                logger.info("this transformers' LM cannot keep logits by a boolean mask: training computes all logits")
+        return known
+
+    # -- generation and scoring ------------------------------------------------------------------------------------
+    def shared_prefix_length(self, ids: list[int], prefix: str | None) -> int:
+        """How many leading tokens of `ids` are the request's shared start (`prefix`, e.g. its system turn) and can
+        come from `prefix_cache`: the tokens the two tokenizations agree on, never a media placeholder, never the
+        whole prompt (the last prompt position must be run to predict what follows); 0 = nothing worth caching."""
+        if not prefix or self.prefix_cache.settings.max_entries == 0:
+            return 0
+        length = min(common_prefix_length(ids, self.tokenize_with_placeholders(prefix)), len(ids) - 1)
+        if length < self.prefix_cache.settings.min_tokens or any(token < 0 for token in ids[:length]):
+            return 0
+        return length
+
+    def _prefix_key_values(self, prefix_ids: tuple[int, ...]) -> KeyValues:
+        """The key/values of a prefix (batch 1), from the cache or computed once and cached (caller holds the lock)."""
+        cached = self.prefix_cache.get(prefix_ids)
+        if cached is not None:
+            return cached
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.llm.config)
+        ids = torch.tensor([list(prefix_ids)], device=self.device)
+        self.llm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1,
+                 **{self._cache_argument(): cache})
+        key_values = tuple((layer.keys, layer.values) for layer in cache.layers)
+        self.prefix_cache.put(prefix_ids, key_values)
+        return key_values
+
+    def _cache_from(self, key_values: KeyValues, batch: int) -> Any:
+        """A fresh DynamicCache holding `key_values` repeated over `batch` rows (the cached tensors stay as they are:
+        the cache's updates concatenate into new tensors)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.llm.config)
+        for layer, (key, value) in enumerate(key_values):
+            cache.update(key.expand(batch, -1, -1, -1), value.expand(batch, -1, -1, -1), layer)
+        return cache
 
     @torch.no_grad()
     def generate(
@@ -416,49 +489,139 @@ class ReamoModel(nn.Module):
         media: list[dict[EncodedModality, list[torch.Tensor]]] | None = None,
         max_new_tokens: int = 256,
         max_time: float | None = None,
+        prefixes: list[str | None] | None = None,
         **generate_kwargs: Any,
     ) -> list[str]:
-        """Generate one continuation per prompt (batched, left-padded); media[i] feeds prompt i's placeholders."""
-        media = media or [{} for _ in prompts]
-        with self._lock:
-            sequences = [self.embed(self.tokenize_with_placeholders(p), m) for p, m in zip(prompts, media)]
-            embeds, mask = self.batch_embeds(sequences)
-            kwargs: dict[str, Any] = {
-                "max_new_tokens": max_new_tokens,
-                "do_sample": False,
-                "pad_token_id": self.tokenizer.pad_token_id,
-                "eos_token_id": self.tokenizer.eos_token_id,
-            }
-            if max_time is not None:
-                kwargs["max_time"] = max_time
-            from transformers import StoppingCriteriaList
+        """Generate one continuation per prompt (batched, greedy); media[i] feeds prompt i's placeholders.
 
-            kwargs["stopping_criteria"] = StoppingCriteriaList([RepetitionStop(self.tokenizer)])
-            kwargs.update(generate_kwargs)
-            output = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
-        # with inputs_embeds only, generate returns just the new tokens
-        return self.tokenizer.batch_decode(output, skip_special_tokens=True)
+        `prefixes[i]`: the start prompt i shares with other requests (`shared_prefix_length`). Rows with the same
+        prefix are generated together from its cached key/values, laid out `[prefix][padding][rest]` with the
+        padding masked, so every row sees exactly the positions it has alone; other rows are left-padded as usual.
+        """
+        media = media or [{} for _ in prompts]
+        prefixes = prefixes or [None] * len(prompts)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
+        if max_time is not None:
+            kwargs["max_time"] = max_time
+        from transformers import StoppingCriteriaList
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList([RepetitionStop(self.tokenizer)])
+        kwargs.update(generate_kwargs)
+        outputs: list[str] = [""] * len(prompts)
+        with self._lock:
+            ids = [self.tokenize_with_placeholders(p) for p in prompts]
+            cacheable = getattr(getattr(self.llm, "generation_config", None), "cache_implementation", None) is None
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for row, (row_ids, prefix) in enumerate(zip(ids, prefixes)):
+                length = self.shared_prefix_length(row_ids, prefix) if cacheable else 0
+                groups.setdefault(tuple(row_ids[:length]), []).append(row)
+            for key, rows in groups.items():
+                suffixes = [self.embed(ids[r][len(key):], media[r]) for r in rows]
+                if key:
+                    embeds, mask = self.batch_embeds(suffixes)
+                    prefix = self.embed(list(key))
+                    embeds = torch.cat([prefix.unsqueeze(0).expand(len(rows), -1, -1), embeds], dim=1)
+                    mask = torch.cat([mask.new_ones((len(rows), len(key))), mask], dim=1)
+                    cache = self._cache_from(self._prefix_key_values(key), len(rows))
+                    extra = {self._cache_argument(): cache}
+                else:
+                    embeds, mask = self.batch_embeds(suffixes)
+                    extra = {}
+                generated = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs, **extra)
+                # with inputs_embeds only, generate returns just the new tokens
+                for r, text in zip(rows, self.tokenizer.batch_decode(generated, skip_special_tokens=True)):
+                    outputs[r] = text
+        return outputs
 
     @torch.no_grad()
-    def continuation_logprobs(self, prompt: str, media: dict[EncodedModality, list[torch.Tensor]] | None,
-                              continuations: list[str]) -> list[float]:
-        """Log-probability the model gives each continuation of `prompt` (summed over its tokens): the score for
-        choosing among a fixed set of answers (rank classification, e.g. one relation label per candidate).
+    def score_continuations(self, items: Sequence[ScoringItem], max_tree_tokens: int = 2048) -> list[list[float]]:
+        """For each item, the log-probability the model gives each of its continuations after its prompt (summed
+        over the continuation's tokens): rank classification, e.g. one relation label per candidate answer.
 
-        The prompt is run once and shared by all candidates (`forward_shared_prefix`); each continuation is
-        tokenized on its own, as training tokenizes the answer apart from the prompt.
+        Items are scored together: their prompts' cached shared start (`prefix_cache`), then one forward pass per
+        chunk of at most `max_tree_tokens` tree nodes over the token tree of every `rest of prompt + continuation`,
+        so each distinct token position is computed once, and logits only where a continuation token is predicted.
+        Each continuation is tokenized on its own, as training tokenizes the answer apart from the prompt.
         """
-        if not continuations:
-            return []
+        out: list[list[float]] = [[] for _ in items]
         with self._lock:
-            ids = self.tokenize_with_placeholders(prompt)
-            if len(ids) < 2:
-                raise ValueError("continuation_logprobs needs a prompt of at least two tokens")
-            answers = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
-            # the last prompt token goes with each row: its position predicts the continuation's first token
-            rows = [self.embed(ids[-1:] + answer) for answer in answers]
-            embeds, mask = self.batch_embeds(rows, left_pad=False)
-            logits = self.forward_shared_prefix(self.embed(ids[:-1], media or {}), embeds, mask).logits
+            groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+            for index, item in enumerate(items):
+                if not item.continuations:
+                    continue
+                ids = self.tokenize_with_placeholders(item.prompt)
+                if len(ids) < 2:
+                    raise ValueError("scoring needs a prompt of at least two tokens")
+                if any(token < 0 for token in ids):  # media embeddings: each item on its own
+                    out[index] = self._score_with_media(ids, item)
+                    continue
+                length = self.shared_prefix_length(ids, item.prefix)
+                groups.setdefault(tuple(ids[:length]), []).append((index, ids[length:]))
+            for key, members in groups.items():
+                key_values = self._prefix_key_values(key) if key else None
+                chunk: list[tuple[int, list[int], list[list[int]]]] = []
+                size = 0
+                for index, rest in members:
+                    answers = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in items[index].continuations]
+                    tokens = sum(len(rest) + len(a) for a in answers)
+                    if chunk and size + tokens > max_tree_tokens:
+                        self._score_tree(len(key), key_values, chunk, out)
+                        chunk, size = [], 0
+                    chunk.append((index, rest, answers))
+                    size += tokens
+                if chunk:
+                    self._score_tree(len(key), key_values, chunk, out)
+        return out
+
+    def _score_tree(self, prefix_length: int, key_values: KeyValues | None,
+                    chunk: list[tuple[int, list[int], list[list[int]]]], out: list[list[float]]) -> None:
+        """One forward over the token tree of the chunk's `rest + answer` sequences (see `score_continuations`)."""
+        sequences = [rest + answer for _, rest, answers in chunk for answer in answers]
+        tree = TokenTree.build(sequences)
+        dtype = self.llm.get_input_embeddings().weight.dtype
+        mask = tree_attention_mask(tree, prefix_length, dtype, self.device)
+        positions = torch.tensor([[prefix_length + d for d in tree.depths]], device=self.device)
+        # node whose output predicts each scored token, and that token
+        predictors: list[int] = []
+        targets: list[int] = []
+        spans: list[tuple[int, int, int]] = []  # (item, first, end) into predictors, one per answer
+        sequence = 0
+        for index, rest, answers in chunk:
+            for answer in answers:
+                path = tree.paths[sequence]
+                first = len(predictors)
+                for k in range(len(rest), len(rest) + len(answer)):
+                    predictors.append(path[k - 1])
+                    targets.append(tree.tokens[path[k]])
+                spans.append((index, first, len(predictors)))
+                sequence += 1
+        needed = sorted(set(predictors))
+        row_of = {node: row for row, node in enumerate(needed)}
+        kwargs: dict[str, Any] = {}
+        if key_values is not None:
+            kwargs[self._cache_argument()] = self._cache_from(key_values, 1)
+        logits = self.llm(input_ids=torch.tensor([tree.tokens], device=self.device), attention_mask=mask,
+                          position_ids=positions, use_cache=False, logits_to_keep=torch.tensor(needed, device=self.device),
+                          **kwargs).logits[0]
+        logprobs = logits.float().log_softmax(-1)
+        picked = logprobs[torch.tensor([row_of[p] for p in predictors], device=self.device),
+                          torch.tensor(targets, device=self.device)]
+        for index, first, end in spans:
+            out[index].append(float(picked[first:end].sum()))
+
+    def _score_with_media(self, ids: list[int], item: ScoringItem) -> list[float]:
+        """Scoring for a prompt with media embeddings: its prompt run once (`forward_shared_prefix`), one row per
+        continuation (caller holds the lock)."""
+        answers = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.continuations]
+        # the last prompt token goes with each row: its position predicts the continuation's first token
+        rows = [self.embed(ids[-1:] + answer) for answer in answers]
+        embeds, mask = self.batch_embeds(rows, left_pad=False)
+        logits = self.forward_shared_prefix(self.embed(ids[:-1], item.media or {}), embeds, mask).logits
         logprobs = logits.float().log_softmax(-1)
         out = []
         for row, answer in enumerate(answers):
@@ -466,19 +629,93 @@ class ReamoModel(nn.Module):
             out.append(float(logprobs[row, torch.arange(len(answer)), target].sum()))
         return out
 
-    def render_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    def continuation_logprobs(self, prompt: str, media: dict[EncodedModality, list[torch.Tensor]] | None,
+                              continuations: list[str], prefix: str | None = None) -> list[float]:
+        """`score_continuations` for one prompt."""
+        return self.score_continuations([ScoringItem(prompt=prompt, continuations=continuations, media=media,
+                                                     prefix=prefix)])[0]
+
+    def render_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                      add_generation_prompt: bool = True) -> str:
+        """The chat template applied to `messages`; without `add_generation_prompt`, the text the same messages
+        start a longer chat with (e.g. the system turn as a shared prefix)."""
         from reamo.chat_templates import load_chat_template
 
         return self.tokenizer.apply_chat_template(
             messages,
             chat_template=load_chat_template(self.config.chat_template),
             tools=tools,
-            add_generation_prompt=True,
+            add_generation_prompt=add_generation_prompt,
             tokenize=False,
         )
-
 
 def model_summary(model: ReamoModel) -> dict[str, Any]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return {"parameters": total, "trainable": trainable, "modalities": list(model.encoded_modalities)}
+
+
+def _probe_logits_mask(llm: nn.Module) -> bool:
+    """Ask the installed LM whether it keeps logits by a boolean 2-D `logits_to_keep` (see `_slices_logits`).
+
+    One forward over two zero embeddings with the second position kept, in eval mode (no dropout, no gradient
+    checkpointing) and without gradients; true when it returns exactly one row of logits. Any exception (the
+    IndexError of transformers 5.0-5.17, a TypeError where the parameter is missing) means no.
+    """
+    import inspect
+
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        return False
+    weight = llm.get_input_embeddings().weight
+    embeds = torch.zeros((1, 2, weight.shape[1]), dtype=weight.dtype, device=weight.device)
+    keep = torch.tensor([[False, True]], device=weight.device)
+    modes = [(module, module.training) for module in llm.modules()]
+    llm.eval()
+    try:
+        with torch.no_grad():
+            logits = llm(inputs_embeds=embeds, attention_mask=torch.ones((1, 2), dtype=torch.long, device=weight.device),
+                         logits_to_keep=keep, use_cache=False).logits
+        return logits.reshape(-1, logits.shape[-1]).shape[0] == 1
+    except Exception as error:  # noqa: BLE001 - any failure means "not supported": fall back to full logits
+        logger.debug("boolean logits_to_keep probe failed: %s: %s", type(error).__name__, error)
+        return False
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+DECODING_MODES = ("eager", "static", "compile")
+
+
+def _configure_decoding(llm: nn.Module, mode: str) -> None:
+    """Set how `generate` decodes, through the LM's generation config (so every caller of `generate` gets it).
+
+    - "eager" (the default): transformers' dynamic KV cache, no compilation; what Reamo has always done.
+    - "static": a preallocated `StaticCache` (`cache_implementation="static"`); transformers compiles the decoding
+      step by itself on CUDA for models whose quantization allows it (not bitsandbytes: its quantizer says no).
+    - "compile": static cache + transformers' own compiled decoding (`CompileConfig`, mode "reduce-overhead" =
+      CUDA graphs; transformers clones each step's logits, which a hand-made `torch.compile` of the forward did not,
+      hence "accessing tensor output of CUDAGraphs that has been overwritten"). For a bitsandbytes 4-bit LM this
+      opts the model in (bitsandbytes >= 0.46 on torch >= 2.8 compiles `Linear4bit` without graph breaks).
+      Compilation happens on CUDA only; elsewhere it decodes as "static".
+    Not measured as the default yet: `reamo memory --measure` times each mode on the GPU at hand.
+    """
+    if mode not in DECODING_MODES:
+        raise ConfigError(f"unknown decoding mode {mode!r} ($REAMO_DECODING?); choose one of {', '.join(DECODING_MODES)}")
+    config = getattr(llm, "generation_config", None)
+    if config is None:
+        return
+    if mode == "eager":  # as loaded: whatever the checkpoint's generation_config.json says
+        return
+    config.cache_implementation = "static"
+    if mode == "compile":
+        from transformers import CompileConfig
+
+        config.compile_config = CompileConfig(fullgraph=False, mode="reduce-overhead")
+        quantizer = getattr(llm, "hf_quantizer", None)
+        if quantizer is not None and not getattr(quantizer, "is_compileable", True):
+            quantizer.__class__ = type(f"Compileable{type(quantizer).__name__}", (type(quantizer),),
+                                       {"is_compileable": property(lambda self: True)})
+    else:
+        config.compile_config = None

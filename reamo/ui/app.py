@@ -21,7 +21,7 @@ from typing import Any
 
 import gradio as gr
 
-from reamo.errors import ConfigError, MediaError, ReamoError
+from reamo.errors import ConfigError, ExtractionError, MediaError, ReamoError
 from reamo.media import MediaLimits
 from reamo.render import draw_audio, draw_video_contact_sheet
 from reamo.ui import views
@@ -89,10 +89,11 @@ def error_message(error: BaseException) -> str:
         return f"⚠️ **Could not use the upload.** {error}"
     if isinstance(error, ConfigError):
         return f"⚠️ **Nothing was extracted.** {error}"
-    if isinstance(error, ReamoError):
+    if isinstance(error, ReamoError) and not isinstance(error, ExtractionError):
         return f"⚠️ **Reamo could not run this request.** {error}"
+    what = str(error) if isinstance(error, ExtractionError) else f"{type(error).__name__}: {error}"
     return (
-        f"⚠️ **The model failed on this request** ({type(error).__name__}: {error}). "
+        f"⚠️ **The model failed on this request** ({what}). "
         "The server is still running: try again, or with a shorter text or smaller file."
     )
 

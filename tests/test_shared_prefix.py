@@ -1,0 +1,125 @@
+"""The shared-prefix key/value cache and tree-shaped scoring: exact (same tokens, same log-likelihoods as without
+them), bounded (LRU eviction by entries and bytes) and safe to share between threads."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from reamo.model import ReamoConfig, ReamoModel
+from reamo.model.shared_prefix import PrefixCache, PrefixCacheSettings, ScoringItem, TokenTree, tree_attention_mask
+
+SYSTEM = "A chat between a curious user and an artificial intelligence assistant. Entities: Relations: Events: None"
+TEXTS = ["Rafael Nadal gets engaged to Mery Perello in Mallorca.", "USER: PER ORG", "Nadal ORG LOC OTHER Mallorca."]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_llm_dir) -> ReamoModel:
+    return ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), chat_template="vicuna_v1.1"))
+
+
+def prompt_and_prefix(model: ReamoModel, text: str) -> tuple[str, str]:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+    return model.render_prompt(messages), model.render_prompt(messages[:1], add_generation_prompt=False)
+
+
+def reference_logprob(model: ReamoModel, prompt: str, answer: str) -> float:
+    """The plain definition: one forward over prompt + answer, summed log-probabilities of the answer's tokens."""
+    prompt_ids = model.tokenize_with_placeholders(prompt)
+    answer_ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model.llm(input_ids=torch.tensor([prompt_ids + answer_ids])).logits[0].float().log_softmax(-1)
+    return sum(float(logits[len(prompt_ids) - 1 + i, token]) for i, token in enumerate(answer_ids))
+
+
+def test_generation_with_the_prefix_cache_gives_the_same_tokens(model: ReamoModel) -> None:
+    model.prefix_cache.clear()
+    prompts, prefixes = zip(*(prompt_and_prefix(model, t) for t in TEXTS))
+    ids = model.tokenize_with_placeholders(prompts[0])
+    assert 8 <= model.shared_prefix_length(ids, prefixes[0]) < len(ids)
+    plain = model.generate(list(prompts), max_new_tokens=12, min_new_tokens=12)  # left-padded, no cache
+    cached = model.generate(list(prompts), max_new_tokens=12, min_new_tokens=12, prefixes=list(prefixes))
+    again = model.generate(list(prompts), max_new_tokens=12, min_new_tokens=12, prefixes=list(prefixes))
+    alone = [model.generate([p], max_new_tokens=12, min_new_tokens=12, prefixes=[f])[0]
+             for p, f in zip(prompts, prefixes)]
+    assert plain == cached == again == alone
+    assert len(model.prefix_cache) == 1 and model.prefix_cache.hits >= 4  # computed once, reused after
+
+
+def test_tree_scoring_gives_the_plain_log_likelihoods(model: ReamoModel) -> None:
+    prompts, prefixes = zip(*(prompt_and_prefix(model, t) for t in TEXTS))
+    answers = ["Entities: None</s>", "Entities: (Rafael Nadal, PER)</s>", "Entities: (Rafael Nadal, ORG)</s>",
+               "Entities: (Mallorca, LOC)(Rafael Nadal, PER)</s>"]
+    items = [ScoringItem(prompt=p, prefix=f, continuations=answers) for p, f in zip(prompts, prefixes)]
+    items.append(ScoringItem(prompt=prompts[0], continuations=answers[:2]))  # no shared prefix given
+    items.append(ScoringItem(prompt=prompts[1], continuations=[]))
+    scored = model.score_continuations(items)
+    small_chunks = model.score_continuations(items, max_tree_tokens=20)  # one item per forward
+    for item, row, other in zip(items, scored, small_chunks, strict=True):
+        assert len(row) == len(item.continuations)
+        for answer, score, again in zip(item.continuations, row, other, strict=True):
+            assert score == pytest.approx(reference_logprob(model, item.prompt, answer), abs=1e-4)
+            assert again == pytest.approx(score, abs=1e-4)
+
+
+def test_token_tree_shares_starts_and_masks_to_ancestors() -> None:
+    tree = TokenTree.build([[1, 2, 3], [1, 2, 4], [5]])
+    assert tree.tokens == [1, 2, 3, 4, 5] and tree.parents == [-1, 0, 1, 1, -1]
+    assert tree.depths == [0, 1, 2, 2, 0] and tree.paths == [[0, 1, 2], [0, 1, 3], [4]]
+    mask = tree_attention_mask(tree, prefix_length=2, dtype=torch.float32)[0, 0] == 0
+    assert mask.shape == (5, 7) and mask[:, :2].all()  # every node sees the prefix
+    assert mask[3, 2:].tolist() == [True, True, False, True, False]  # node 3 sees 0, 1 and itself, not sibling 2
+    assert mask[4, 2:].tolist() == [False, False, False, False, True]
+
+
+def test_prefix_cache_evicts_least_recently_used_by_entries_and_bytes() -> None:
+    def kv(length: int) -> tuple:
+        return ((torch.zeros(1, 2, length, 4), torch.zeros(1, 2, length, 4)),)
+
+    cache = PrefixCache(PrefixCacheSettings(max_entries=2, max_bytes=10_000))
+    cache.put([1], kv(10))
+    cache.put([2], kv(10))
+    assert cache.get([1]) is not None  # 1 is now the most recently used
+    cache.put([3], kv(10))
+    assert cache.get([2]) is None and cache.get([1]) is not None and cache.get([3]) is not None
+    assert cache.nbytes == 2 * 2 * (2 * 10 * 4 * 4)
+    cache.put([4], kv(150))  # 9,600 bytes: everything else must go
+    assert len(cache) == 1 and cache.get([4]) is not None and cache.nbytes <= 10_000
+    cache.put([5], kv(1000))  # larger than the whole budget: not kept
+    assert cache.get([5]) is None and len(cache) == 1
+    off = PrefixCache(PrefixCacheSettings(max_entries=0))
+    off.put([1], kv(1))
+    assert off.get([1]) is None
+
+
+def test_threads_sharing_one_model_get_the_answers_they_get_alone(model: ReamoModel) -> None:
+    model.prefix_cache.clear()
+    prompts, prefixes = zip(*(prompt_and_prefix(model, t) for t in TEXTS))
+    expected = [model.generate([p], max_new_tokens=8, min_new_tokens=8)[0] for p in prompts]
+    answers = ["Entities: None</s>", "Entities: (Mallorca, LOC)</s>"]
+    expected_scores = [model.continuation_logprobs(p, None, answers) for p in prompts]
+    model.prefix_cache.clear()
+    got: dict[int, tuple[str, list[float]]] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            k = i % len(prompts)
+            text = model.generate([prompts[k]], max_new_tokens=8, min_new_tokens=8, prefixes=[prefixes[k]])[0]
+            got[i] = (text, model.continuation_logprobs(prompts[k], None, answers, prefix=prefixes[k]))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for i, (text, scores) in got.items():
+        k = i % len(prompts)
+        assert text == expected[k]
+        assert scores == pytest.approx(expected_scores[k], abs=1e-4)
+    assert len(model.prefix_cache) == 1
