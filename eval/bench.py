@@ -418,6 +418,7 @@ def run_bench(
     load: bool | None = None,
     gpu: bool = True,
     kinds: tuple[str, ...] = KINDS,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """Run every measurement, write bench.json + bench.md into `out_dir`, return the JSON-ready dict.
 
@@ -435,7 +436,7 @@ def run_bench(
         from reamo.agent import Agent
 
         started = time.perf_counter()
-        agent = Agent.from_pretrained(model)
+        agent = Agent.from_pretrained(model, precision=precision)
         in_process = time.perf_counter() - started
     latency_tokens = max_new_tokens or (8 if quick else None)
     generation_tokens = max_new_tokens or (8 if quick else 64)
@@ -443,6 +444,7 @@ def run_bench(
     report: dict[str, Any] = {
         "settings": {"repeats": repeats, "quick": quick, "model": model, "latency_max_new_tokens": latency_tokens,
                      "generation_new_tokens": generation_tokens, "kinds": list(kinds), "audio_seconds": AUDIO_SECONDS,
+                     "precision": agent.settings.precision,
                      "video_seconds": VIDEO_SECONDS},
         "environment": _environment(agent),
     }

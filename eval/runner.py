@@ -466,6 +466,7 @@ def evaluate_model(
     speech: bool = False,
     triples: bool = False,
     greedy_pairs: bool = False,
+    precision: str = "float32",
 ) -> EvalReport:
     """The `reamo eval` entry: `model` is "default", a saved model folder, or a baseline name ("spacy",
     "majority") to score a baseline on its own."""
@@ -479,6 +480,7 @@ def evaluate_model(
     from reamo.agent import Agent
 
     settings: dict[str, Any] = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    settings["precision"] = precision
     if greedy_pairs:
         settings["pair_none_bias"] = None
     agent = Agent.from_pretrained(model, **settings)

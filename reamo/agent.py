@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,7 +62,13 @@ class AgentSettings(BaseModel):
         "shipped default (`reamo calibrate-events`), whose tuning mix over-represents sentences with events",
     )
     media_limits: MediaLimits = Field(default_factory=MediaLimits)
-    batch_size: int = Field(default=16, ge=1, description="windows generated together in one batch")
+    batch_size: int = Field(default=32, ge=1, description="windows generated together in one batch")
+    precision: Literal["float32", "bfloat16", "auto"] = Field(
+        default="float32",
+        description="inference precision `from_pretrained` sets (ReamoModel.prepare_for_inference): float32 = the "
+        "answers the model card reports; bfloat16 = 2-3x faster on CPUs with native bfloat16 (AVX-512 BF16, AMX) "
+        "with answers that differ in close calls; auto = bfloat16 where it is native",
+    )
     window_tokens: int = Field(default=128, ge=16, description="a longer text is read in windows of whole "
                                "sentences of at most this many tokens (reamo.segmenting)")
 
@@ -98,7 +104,9 @@ class Agent:
         else:
             model = ReamoModel.from_pretrained(name_or_path)
             settings.setdefault("few_shot", False)
-        return cls(model, settings=AgentSettings(**settings))
+        checked = AgentSettings(**settings)
+        model.prepare_for_inference(checked.precision)
+        return cls(model, settings=checked)
 
     # -- the pipeline ----------------------------------------------------------------------------------------------
     def load_media(self, image: Any = None, audio: Any = None, video: Any = None) -> MediaBundle:

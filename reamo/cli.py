@@ -155,6 +155,18 @@ def _grounding_text(entity) -> str:
     return "; ".join(parts)
 
 
+_PRECISION = typer.Option(
+    "float32", "--precision",
+    help="float32 (the model card's answers) | bfloat16 (2-3x faster on CPUs with native bfloat16, answers differ in "
+         "close calls) | auto (bfloat16 where native)")
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in ("float32", "bfloat16", "auto"):
+        _fail(f"--precision must be float32, bfloat16 or auto, got {precision!r}")
+    return precision
+
+
 @app.command()
 def extract(
     text: Optional[str] = typer.Option(None, "--text", "-t", help="Input text."),
@@ -170,6 +182,7 @@ def extract(
     llm: Optional[str] = typer.Option(None, "--llm", help="With --preset: LLM folder or hub id."),
     imagebind_checkpoint: Optional[Path] = typer.Option(None, "--imagebind-checkpoint", help="With --preset."),
     sam2_checkpoint: Optional[Path] = typer.Option(None, "--sam2-checkpoint", help="With --preset."),
+    precision: str = _PRECISION,
 ) -> None:
     """Extract grounded entities, relations and events from text and media."""
     # Everything the user typed is checked here, before the model loads (~10 s): a typo costs no waiting.
@@ -181,6 +194,7 @@ def extract(
         _fail(f"nothing to extract from: {blank}pass --text and/or --image/--audio/--video")
     tasks = _check_tasks(tasks)
     label_list = _check_labels(labels)
+    _check_precision(precision)
     try:
         from reamo.agent import load_media_bundle
 
@@ -192,7 +206,7 @@ def extract(
                 agent = agent_from_preset(preset, llm_path=llm, imagebind_checkpoint=imagebind_checkpoint,
                                           sam2_checkpoint=sam2_checkpoint, max_new_tokens=max_new_tokens)
         else:
-            agent = _load_agent(model, max_new_tokens)
+            agent = _load_agent(model, max_new_tokens, precision=precision)
         with console.status("Extracting..."):
             result = agent.extract(text=text, image=media.image, audio=media.audio, video=media.video, tasks=tasks,
                                    labels=label_list)
@@ -321,14 +335,16 @@ def evaluate(
     speech: bool = typer.Option(False, "--speech", help="Speech version: sentences spoken by espeak-ng, audio only."),
     triples: bool = typer.Option(False, "--triples", help="MNRE: do not give the entity pair (full triple extraction)."),
     greedy_pairs: bool = typer.Option(False, "--greedy-pairs", help="MNRE: decode greedily instead of ranking the relations."),
+    precision: str = _PRECISION,
 ) -> None:
     """Score a model (and baselines) on a dataset; resumable; writes report.md, scores.json and plots."""
+    _check_precision(precision)
     try:
         from reamo.eval.runner import evaluate_model
 
         evaluate_model(data, model=model, out_dir=out, limit=limit, baselines=baselines, image_dir=image_dir,
                        max_new_tokens=max_new_tokens, speech=speech, triples=triples,
-                       greedy_pairs=greedy_pairs)
+                       greedy_pairs=greedy_pairs, precision=precision)
     except ReamoError as err:
         _fail(str(err))
     report = out / "report.md"
@@ -428,6 +444,7 @@ def bench(
     load: bool = typer.Option(True, "--load/--no-load", help="Also time cold and cached model loading."),
     gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Also run the CUDA section when a GPU is present."),
     soak: Optional[int] = typer.Option(None, "--soak", min=1, help="Instead: N requests from 8 threads; RSS growth."),
+    precision: str = _PRECISION,
 ) -> None:
     """Speed and memory: latency per input kind, load time, tokens/s, batching, peak RSS (bench.md + bench.json)."""
     from reamo.eval.bench import run_bench
@@ -441,7 +458,8 @@ def bench(
         console.print_json(report.model_dump_json())
         return
 
-    run_bench(model=model, out_dir=out, repeats=repeats, quick=quick, load=load, gpu=gpu)
+    _check_precision(precision)
+    run_bench(model=model, out_dir=out, repeats=repeats, quick=quick, load=load, gpu=gpu, precision=precision)
     table = out / "bench.md"
     if table.is_file():
         console.print(table.read_text(encoding="utf-8"))

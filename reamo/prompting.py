@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from reamo.errors import ConfigError
 from reamo.schema import Labels, Task
 
@@ -78,20 +80,60 @@ def resolve_labels(labels: Labels | dict[str, Any] | list[str] | tuple[str, ...]
         unknown = [key for key in labels if key not in fields]
         if unknown:
             raise ConfigError(f"labels: unknown key(s) {unknown}; a labels dict takes {', '.join(fields)}")
-        labels = Labels(**{key: _label_list(value, f"labels[{key!r}]") for key, value in labels.items()})
+        labels = Labels(**{key: _roles(value) if key == "event_roles" else _label_list(value, f"labels[{key!r}]")
+                           for key, value in labels.items()})
     elif not isinstance(labels, Labels):
         raise ConfigError(f"labels cannot be a {type(labels).__name__} ({labels!r}); give {_LABEL_FORMS}")
     return Labels(
         entity_types=labels.entity_types or DEFAULT_ENTITY_TYPES,
         relation_types=labels.relation_types or DEFAULT_RELATION_TYPES,
         event_types=labels.event_types or DEFAULT_EVENT_TYPES,
+        event_roles=labels.event_roles,
     )
+
+
+def _roles(value: Any) -> dict[str, list[str]]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"labels['event_roles'] must be a dict of event type -> roles, got {type(value).__name__}")
+    return {str(event_type): _label_list(roles, f"labels['event_roles'][{event_type!r}]")
+            for event_type, roles in value.items()}
 
 
 EntityPair = tuple[str, str]
 
 
-def system_prompt(tasks: tuple[Task, ...], labels: Labels, pairs: bool = False, media: bool = True) -> str:
+class Question(BaseModel):
+    """One decision asked about the input, answered by scoring candidate answers (rank classification): the line
+    that narrows the instructions to it, and the line that names the candidate in the user turn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str
+    candidate: str
+
+
+def trigger_question(trigger: str) -> Question:
+    """Does `trigger` (a word of the text) trigger one of the listed event types? Answers: `Events: [type | word]`
+    for each type, or `Events: None`."""
+    return Question(
+        instruction="Events only for the given trigger candidate: the event it triggers, or None if it triggers no "
+                    "listed event.",
+        candidate=f"Trigger candidate: {trigger}",
+    )
+
+
+def argument_question(event_type: str, trigger: str, roles: list[str], mention: str) -> Question:
+    """Which role does `mention` play in the event? Answers: the event with `role: mention` for each of `roles`,
+    or the event alone (no role)."""
+    return Question(
+        instruction=f"Events only for the given event: write it with the role the given argument candidate plays in "
+                    f"it ({', '.join(roles)}), or the event alone if it plays none of them.",
+        candidate=f"Event: [{event_type} | {trigger}]\nArgument candidate: {mention}",
+    )
+
+
+def system_prompt(tasks: tuple[Task, ...], labels: Labels, pairs: bool = False, media: bool = True,
+                  question: Question | None = None) -> str:
     """The instructions: one format line per task with its labels; the tool-call line only when media are given
     (a text-only prompt has nothing to ground, and a shorter prompt is cheaper to tune and to run)."""
     lines = ["Extract information from the user's input and answer only in this format, one line each:"]
@@ -103,6 +145,8 @@ def system_prompt(tasks: tuple[Task, ...], labels: Labels, pairs: bool = False, 
             lines.append("Relations only between the given entity pairs (head first); None if no listed relation holds.")
     if "ee" in tasks:
         lines.append(f"Events: [event type | trigger | role: argument; role: argument] with types {', '.join(labels.event_types)}")
+    if question is not None:
+        lines.append(question.instruction)
     lines.append("Write None for an empty list. Copy entity text exactly from the input.")
     if media:
         lines.append(
@@ -119,8 +163,10 @@ def pairs_line(pairs: list[EntityPair]) -> str:
 
 
 def user_content(text: str, context: str, placeholders: list[str],
-                 pairs: list[EntityPair] | None = None) -> str | list[dict[str, str]]:
-    """The user turn: media placeholders (for encoded media), tool-made context, the text, then any given pairs."""
+                 pairs: list[EntityPair] | None = None,
+                 question: Question | None = None) -> str | list[dict[str, str]]:
+    """The user turn: media placeholders (for encoded media), tool-made context, the text, then any given pairs
+    or the candidate a decision is about."""
     body = text.strip()
     if context:
         body = f"{context}\nText: {body}" if body else context
@@ -128,6 +174,8 @@ def user_content(text: str, context: str, placeholders: list[str],
         body = f"Text: {body}"
     if pairs:
         body = f"{body}\n{pairs_line(pairs)}"
+    if question is not None:
+        body = f"{body}\n{question.candidate}"
     if not placeholders:
         return body
     return [{"type": modality} for modality in placeholders] + [{"type": "text", "text": body}]
@@ -151,22 +199,25 @@ def build_messages(
     few_shot: bool = True,
     modalities: list[str] | None = None,
     pairs: list[EntityPair] | None = None,
+    question: Question | None = None,
 ) -> list[dict[str, Any]]:
     """System instructions, few-shot turns (their media markers in words), then the user's input.
 
     `pairs`: entity pairs given by the caller (relation classification); the model then labels only those.
+    `question`: one candidate decision (`trigger_question`, `argument_question`) the answer is scored for.
     """
     pairs = list(pairs or []) if "re" in tasks else []
     has_media = bool(placeholders or modalities)
     messages: list[dict[str, Any]] = [
-        {"role": "system", "content": system_prompt(tasks, labels, bool(pairs), media=has_media or few_shot)}
+        {"role": "system", "content": system_prompt(tasks, labels, bool(pairs), media=has_media or few_shot,
+                                                    question=question)}
     ]
     if few_shot:
         for example in FEW_SHOT:
             media_note = "".join(f"[{m} attached] " for m in example["media"])
             messages.append({"role": "user", "content": f"{media_note}Text: {example['text']}"})
             messages.append({"role": "assistant", "content": assistant_answer(example, tasks)})
-    content = user_content(text, context, placeholders or [], pairs)
+    content = user_content(text, context, placeholders or [], pairs, question)
     media_note = "".join(f"[{m} attached] " for m in (modalities or []))
     if isinstance(content, str):
         content = media_note + content

@@ -344,3 +344,6 @@ class Labels(Record):
     entity_types: list[str] = Field(default_factory=list)
     relation_types: list[str] = Field(default_factory=list)
     event_types: list[str] = Field(default_factory=list)
+    event_roles: dict[str, list[str]] = Field(
+        default_factory=dict, description="argument roles per event type; ACE's inventory is used for ACE types "
+        "not listed here (reamo.ontology); an event type with no roles gets no arguments")

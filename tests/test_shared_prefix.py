@@ -123,3 +123,31 @@ def test_threads_sharing_one_model_get_the_answers_they_get_alone(model: ReamoMo
         assert text == expected[k]
         assert scores == pytest.approx(expected_scores[k], abs=1e-4)
     assert len(model.prefix_cache) == 1
+
+
+def test_greedy_loop_that_drops_finished_rows_matches_transformers_generate(model: ReamoModel) -> None:
+    prompts, prefixes = zip(*(prompt_and_prefix(model, t) for t in TEXTS * 2))
+    eos = model.tokenizer.eos_token_id
+    # transformers' generate (any generate keyword takes that path) vs the loop, with and without the prefix cache
+    reference = model.generate(list(prompts), max_new_tokens=20, do_sample=False)
+    assert model.generate(list(prompts), max_new_tokens=20) == reference
+    assert model.generate(list(prompts), max_new_tokens=20, prefixes=list(prefixes)) == reference
+    # rows that end at different steps: the end-of-sequence token gets the output row of a token that row 0 writes
+    # early, so it ties with that token wherever it would win, and the lower id (end of sequence) is chosen
+    head = model.llm.get_output_embeddings()
+    first = model.tokenize_with_placeholders(prompts[0])
+    with torch.no_grad():
+        written = model.llm.generate(input_ids=torch.tensor([first]), max_new_tokens=6, do_sample=False,
+                                     pad_token_id=eos)[0, len(first):].tolist()
+    early = written[3]
+    assert early > eos
+    original = head.weight.data[eos].clone()
+    try:
+        head.weight.data[eos] = head.weight.data[early]
+        reference = model.generate(list(prompts), max_new_tokens=20, do_sample=False)
+        looped = model.generate(list(prompts), max_new_tokens=20, prefixes=list(prefixes))
+        lengths = {len(text) for text in reference}
+        assert len(lengths) > 1 and len(reference[0]) < min(len(t) for t in reference[1:3])  # rows end at different steps
+        assert looped == reference
+    finally:
+        head.weight.data[eos] = original

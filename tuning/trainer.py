@@ -311,10 +311,9 @@ def use_bf16(requested: bool, cuda: bool | None = None, cpu_has_bf16: bool | Non
     if cuda:
         return True
     if cpu_has_bf16 is None:
-        try:  # a private op: if a torch release drops it, keep what the config asked for
-            cpu_has_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            cpu_has_bf16 = True
+        from reamo.model.modeling_reamo import cpu_has_native_bf16
+
+        cpu_has_bf16 = cpu_has_native_bf16()
     if not cpu_has_bf16:
         logger.warning(
             "bf16: true, but this CPU has no native bfloat16 kernels (torch CPU capability %s; needs AVX-512 or "
