@@ -9,7 +9,19 @@ from __future__ import annotations
 import re
 
 from reamo.protocol import ParsedOutput
-from reamo.schema import Entity, Event, Mention, NoRegion, Problem, Relation, TextSpan, ToolResult
+from reamo.schema import (
+    Box,
+    Entity,
+    Event,
+    ImageRegion,
+    Mention,
+    NoRegion,
+    Problem,
+    Relation,
+    TextSpan,
+    ToolResult,
+    Track,
+)
 
 
 def normalize(text: str) -> str:
@@ -123,4 +135,47 @@ def attach_groundings(entities: list[Entity], results: list[ToolResult]) -> list
                 elif existing is not None:
                     continue  # first grounding per modality wins; duplicates from repeated calls are dropped
                 entities[i].groundings.append(grounding)
+    return problems
+
+
+def _region_boxes(grounding: object) -> dict[int, Box]:
+    """Frame index -> box of an image region (frame 0) or of a track; {} for anything else."""
+    if isinstance(grounding, ImageRegion):
+        return {0: grounding.box}
+    if isinstance(grounding, Track):
+        return {frame.frame_index: frame.box for frame in grounding.frames}
+    return {}
+
+
+def _same_region(a: object, b: object, min_iou: float) -> bool:
+    boxes_a, boxes_b = _region_boxes(a), _region_boxes(b)
+    common = set(boxes_a) & set(boxes_b)
+    return bool(common) and sum(boxes_a[i].iou(boxes_b[i]) for i in common) / len(common) >= min_iou
+
+
+def drop_shared_regions(results: list[ToolResult], min_iou: float = 0.7) -> list[Problem]:
+    """Two different targets grounded to the same region by a detector (not by text read in the image) cannot
+    both be right, and nothing tells which one is: both become "no region", with the reason. (Two names "tracked"
+    to one face in the foliage was a confident wrong answer, worse than none.)"""
+    problems: list[Problem] = []
+    found = [(r, g) for r in results if r.ok and r.target for g in r.groundings if _region_boxes(g)]
+    shared: dict[int, set[str]] = {}
+    for i, (first, region) in enumerate(found):
+        for second, other in found[i + 1:]:
+            if normalize(first.target or "") == normalize(second.target or "") or first.name != second.name:
+                continue
+            if "ocr" in (region.source + other.source).lower():
+                continue  # a name read in the image is evidence for its own region
+            if _same_region(region, other, min_iou):
+                shared.setdefault(id(first), set()).add(second.target or "")
+                shared.setdefault(id(second), set()).add(first.target or "")
+    for result in results:
+        others = shared.get(id(result))
+        if not others:
+            continue
+        modality = "video" if any(isinstance(g, Track) for g in result.groundings) else "image"
+        reason = (f"the same region was the best match for {result.target!r} and {', '.join(map(repr, sorted(others)))}"
+                  "; the detector cannot tell whose it is")
+        result.groundings = [NoRegion(modality=modality, reason=reason, source=result.name)]
+        problems.append(Problem(stage="dispatch", message=f"{result.name}: {reason}"))
     return problems

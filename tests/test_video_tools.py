@@ -85,3 +85,46 @@ def test_real_video_track_stays_in_frame_and_covers_the_video() -> None:
 def test_missing_video_is_a_media_error() -> None:
     with pytest.raises(MediaError, match="video"):
         video_tracking(MediaBundle(), "anything")
+
+
+def test_a_track_has_a_score_and_stops_where_the_target_is_gone() -> None:
+    """The word is on screen for the first half only: the track must not go on to 'follow' the background."""
+    count, height, width = 24, 240, 400
+    rng = np.random.default_rng(1)
+    frames = []
+    for i in range(count):
+        frame = (90 + rng.integers(0, 40, (height, width, 3))).astype(np.uint8)  # the background changes too
+        if i < count // 2:
+            cv2.rectangle(frame, (40 - 5, 60), (40 + 170, 112), (255, 255, 255), -1)
+            cv2.putText(frame, "NADAL", (40, 100), cv2.FONT_HERSHEY_SIMPLEX, 1.4, (200, 0, 0), 3)
+        frames.append(frame)
+    media = MediaBundle(video=load_video(np.stack(frames), fps=8.0))
+    [track] = video_tracking(media, "Rafael Nadal", "PER")
+    assert isinstance(track, Track) and track.score is not None and 0 < track.score <= 1
+    gone = media.video.frame_indices[len(media.video.frame_indices) // 2]
+    assert track.frames and all(f.frame_index < gone for f in track.frames)  # stopped when the word vanished
+    assert all(f.score is not None and 0 < f.score <= 1 for f in track.frames)
+
+
+def test_two_names_on_one_detected_region_get_no_region() -> None:
+    from reamo.alignment import drop_shared_regions
+    from reamo.schema import ImageRegion, ToolResult, TrackFrame
+
+    def track(source: str, shift: float = 0.0) -> Track:
+        return Track(frames=[TrackFrame(frame_index=i, time=i / 2, box=Box(x1=10 + shift, y1=10, x2=50 + shift,
+                                                                             y2=60)) for i in range(4)],
+                     source=source, score=0.6)
+
+    face = "face:mtcnn+opencv-mil"
+    results = [ToolResult(call_id="a", name="VideoTracking", target="Rex", groundings=[track(face)]),
+               ToolResult(call_id="b", name="VideoTracking", target="Anna", groundings=[track(face, 1.0)]),
+               ToolResult(call_id="c", name="VideoTracking", target="Bob", groundings=[track(face, 200.0)])]
+    problems = drop_shared_regions(results)
+    assert [type(r.groundings[0]).__name__ for r in results] == ["NoRegion", "NoRegion", "Track"]
+    assert "'Anna'" in results[0].groundings[0].reason and len(problems) == 2
+    # a name read in the image is its own evidence: both keep what the text told them
+    read = [ToolResult(call_id="a", name="ImageSegmentation", target="Nike", groundings=[
+                ImageRegion(box=Box(x1=0, y1=0, x2=9, y2=9), source="ocr")]),
+            ToolResult(call_id="b", name="ImageSegmentation", target="Nike shop", groundings=[
+                ImageRegion(box=Box(x1=0, y1=0, x2=9, y2=9), source="ocr")])]
+    assert drop_shared_regions(read) == [] and all(isinstance(r.groundings[0], ImageRegion) for r in read)

@@ -52,8 +52,12 @@ class OpenCVTracker:
 
     source = "opencv-mil"
 
-    def __init__(self, max_side: int = 480, search_fraction: float = 0.15) -> None:
+    def __init__(self, max_side: int = 480, search_fraction: float = 0.15, min_health: float = 0.35) -> None:
         self.max_side = max_side
+        # MIL never says how sure it is: each tracked box is compared with the key frame's (normalized
+        # correlation of the two patches, `patch_similarity`); below `min_health` the tracker has drifted onto
+        # something else, and the track stops there instead of following it.
+        self.min_health = min_health
         # Sampled frames are far apart in time (0.5 s at 2 fps), so objects move much further between them than
         # MIL's default 25-pixel search window expects: search a fraction of the frame instead.
         self.search_fraction = search_fraction
@@ -65,7 +69,7 @@ class OpenCVTracker:
         params.samplerSearchWinSize = float(max(25, int(self.search_fraction * frame_side)))
         return cv2.TrackerMIL_create(params)
 
-    def _follow(self, frames: np.ndarray, indices: list[int], box: Box, scale: float) -> dict[int, Box]:
+    def _follow(self, frames: np.ndarray, indices: list[int], box: Box, scale: float) -> dict[int, tuple[Box, float]]:
         import cv2
 
         # MIL draws random samples inside OpenCV's parallel loops, whose worker threads each have their own RNG:
@@ -78,10 +82,12 @@ class OpenCVTracker:
             finally:
                 cv2.setNumThreads(previous)
 
-    def _follow_mil(self, frames: np.ndarray, indices: list[int], box: Box, scale: float) -> dict[int, Box]:
+    def _follow_mil(self, frames: np.ndarray, indices: list[int], box: Box,
+                    scale: float) -> dict[int, tuple[Box, float]]:
         import cv2
 
         first = frames[indices[0]]
+        template = _patch(first, box)
         h, w = first.shape[:2]
         cv2.setRNGSeed(0)  # MIL samples patches at random: same input, same track
         tracker = self._create(int(max(h, w) * scale))
@@ -90,7 +96,7 @@ class OpenCVTracker:
             max(2, int((box.x2 - box.x1) * scale)), max(2, int((box.y2 - box.y1) * scale)),
         )
         tracker.init(self._prepare(first, scale), rect)
-        out: dict[int, Box] = {}
+        out: dict[int, tuple[Box, float]] = {}
         for index in indices[1:]:
             ok, (x, y, bw, bh) = tracker.update(self._prepare(frames[index], scale))
             if not ok or bw <= 0 or bh <= 0:
@@ -100,7 +106,13 @@ class OpenCVTracker:
             x2, y2 = min(float(w), (x + bw) / scale), min(float(h), (y + bh) / scale)
             if x2 <= x1 or y2 <= y1:
                 break
-            out[index] = Box(x1=x1, y1=y1, x2=x2, y2=y2)
+            tracked = Box(x1=x1, y1=y1, x2=x2, y2=y2)
+            health = patch_similarity(template, _patch(frames[index], tracked))
+            if health < self.min_health:
+                logger.debug("tracked region no longer looks like the key frame's at sampled frame %d (%.2f)",
+                             index, health)
+                break
+            out[index] = (tracked, health)
         return out
 
     @staticmethod
@@ -114,17 +126,35 @@ class OpenCVTracker:
         frames = video.frames
         count = len(frames)
         scale = min(1.0, self.max_side / max(video.width, video.height))
-        boxes: dict[int, Box] = {start: box}
+        boxes: dict[int, tuple[Box, float]] = {start: (box, 1.0)}
         boxes.update(self._follow(frames, list(range(start, count)), box, scale))
         boxes.update(self._follow(frames, list(range(start, -1, -1)), box, scale))
         track_frames = [
-            TrackFrame(
-                frame_index=video.frame_indices[i], time=float(video.timestamps[i]), box=boxes[i],
-                score=1.0 if i == start else None,
-            )
+            TrackFrame(frame_index=video.frame_indices[i], time=float(video.timestamps[i]), box=boxes[i][0],
+                       score=round(boxes[i][1], 4))
             for i in sorted(boxes)
         ]
-        return Track(frames=track_frames, source=self.source)
+        health = float(np.mean([boxes[i][1] for i in boxes]))
+        return Track(frames=track_frames, source=self.source, score=round(health, 4))
+
+
+def _patch(frame: np.ndarray, box: Box, side: int = 32) -> np.ndarray:
+    """The box's pixels as a side x side grayscale patch (what `patch_similarity` compares)."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    x1, y1 = int(max(0, min(w - 1, box.x1))), int(max(0, min(h - 1, box.y1)))
+    x2, y2 = int(max(x1 + 1, min(w, box.x2))), int(max(y1 + 1, min(h, box.y2)))
+    gray = cv2.cvtColor(np.ascontiguousarray(frame[y1:y2, x1:x2]), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(gray, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def patch_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalized cross-correlation of two equal-size patches, clipped to [0, 1] (1 = the same appearance up to
+    brightness and contrast; a flat patch matches nothing)."""
+    a, b = a - a.mean(), b - b.mean()
+    norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return max(0.0, min(1.0, float((a * b).sum()) / norm)) if norm > 1e-6 else 0.0
 
 
 def key_frame_order(count: int, max_key_frames: int) -> list[int]:
@@ -166,8 +196,13 @@ def make_video_tracking(
     tracker: BoxTracker | None = None,
     max_key_frames: int = 4,
     min_score: float = DEFAULT_MIN_SCORE,
+    min_track_score: float = 0.45,
 ) -> Callable[..., list[Grounding]]:
-    """Build the VideoTracking tool: find the target on up to `max_key_frames` key frames, then track it."""
+    """Build the VideoTracking tool: find the target on up to `max_key_frames` key frames, then track it.
+
+    A track's score is the key-frame match score times the tracker's health (how well the followed region kept
+    its appearance, averaged over the frames); below `min_track_score` the answer is "no region", with the reason:
+    a track on the wrong thing is worse than none."""
     find = _finder(image_tool_or_proposer or OfflineRegionProposer(), min_score)
     tracker = tracker or OpenCVTracker()
 
@@ -192,10 +227,16 @@ def make_video_tracking(
                 continue
             box, score, source = found
             track = tracker.track(video, index, box)
+            health = track.score if track.score is not None else 1.0
             for frame in track.frames:
-                if frame.frame_index == video.frame_indices[index]:
-                    frame.score = score
+                frame.score = round(score * (frame.score if frame.score is not None else 1.0), 4)
+            track.score = round(score * health, 4)
             track.source = f"{source}+{track.source or type(tracker).__name__}"
+            if track.score < min_track_score:
+                reasons.append(f"{video.timestamps[index]:.2f}s: found with score {score:.2f} by {source}, but the "
+                               f"track's score {track.score:.2f} (tracker health {health:.2f}) is below "
+                               f"{min_track_score:.2f}")
+                continue
             return [track]
         reason = f"{target!r} not found on {len(reasons)} key frames; " + "; ".join(reasons[:2])
         logger.info("VideoTracking(%r): %s", target, reason)
