@@ -257,3 +257,147 @@ def calibrate_events(agent: Any, recipes: Recipes, out: str | os.PathLike[str],
         f"{calibration.greedy_f1:.3f} keeping every event greedy decoding writes; reamo calibrate-events"),
         calibration.model_dump(), about_key="event_calibration")
     return calibration
+
+
+# -- decisions by candidate scoring: full triples, triggers, arguments --------------------------------------------
+
+class ThresholdCalibration(BaseModel):
+    """A "something or None?" margin chosen for the best F1 over scored candidates of held-out train sentences."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bias: float
+    f1: float
+    precision: float
+    recall: float
+    n_gold: int
+    n_candidates: int
+    n_sentences: int
+    n_excluded_texts: int = 0
+
+
+def best_threshold(scored: Sequence[tuple[float, bool]], n_gold: int, n_sentences: int = 0) -> ThresholdCalibration:
+    """The margin (a midpoint between observed margins) with the best F1 of the candidates above it; among equal
+    F1 the higher margin (fewer answers: a wrong confident answer is worse than none)."""
+    margins = sorted({round(m, 4) for m, _ in scored})
+    candidates = [(a + b) / 2 for a, b in zip(margins, margins[1:])] + ([margins[-1] + 1.0] if margins else [0.0])
+    if margins:
+        candidates.insert(0, margins[0] - 1.0)
+
+    def prf(bias: float) -> tuple[float, float, float]:
+        kept = [correct for margin, correct in scored if margin > bias]
+        tp = sum(kept)
+        precision = tp / len(kept) if kept else 0.0
+        recall = tp / n_gold if n_gold else 0.0
+        return precision, recall, (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+
+    best = max(candidates, key=lambda b: (prf(b)[2], b))
+    precision, recall, f1 = prf(best)
+    return ThresholdCalibration(bias=round(best, 4), f1=f1, precision=precision, recall=recall, n_gold=n_gold,
+                                n_candidates=len(scored), n_sentences=n_sentences)
+
+
+def held_out_mnre_sentences(exclude_texts: set[str], limit: int, seed: int = 0) -> list[Example]:
+    """`limit` MNRE train sentences of the calibration slice (all their annotated pairs' relations together),
+    none of them tuned on."""
+    from reamo.datasets import group_mnre
+
+    lines = [e for e in read_mnre("train") if mnre_calibration_held_out(e) and e.text not in exclude_texts]
+    sentences = group_mnre(lines)
+    return random.Random(f"calibrate-triples-{seed}").sample(sentences, min(limit, len(sentences)))
+
+
+def score_triples(agent: Any, examples: Sequence[Example], batch_size: int = 16) -> tuple[list[tuple[float, bool]], int]:
+    """Every pair's best relation with its margin (the agent runs with no threshold), and whether the triple (head
+    span, relation, tail span) is gold; plus the number of gold triples."""
+    spec = DATASETS["mnre"]
+    scored: list[tuple[float, bool]] = []
+    n_gold = 0
+    for start in tqdm(range(0, len(examples), batch_size), desc="calibrating triples", disable=None):
+        chunk = examples[start:start + batch_size]
+        for example, result in zip(chunk, agent.extract_batch([e.text for e in chunk], ("ner", "re"), spec.labels),
+                                   strict=True):
+            gold = {_triple(r.head, r.type, r.tail) for r in example.gold.relations}
+            n_gold += len(gold)
+            for relation in result.relations:
+                label = spec.relation_aliases.get(relation.type, relation.type)
+                scored.append((relation.score, _triple(relation.head, label, relation.tail) in gold))
+    return scored, n_gold
+
+
+def _triple(head: Any, label: str, tail: Any) -> tuple:
+    span = lambda m: (m.span.start, m.span.end) if m.span else m.text  # noqa: E731
+    return span(head), label, span(tail)
+
+
+def calibrate_triples(agent: Any, recipes: Recipes, out: str | os.PathLike[str], limit: int = 300,
+                      seed: int = 0) -> ThresholdCalibration:
+    """Pick `triple_none_bias` for the best triple F1 on held-out MNRE train sentences; write it into `out`."""
+    excluded = training_texts(recipes)
+    examples = held_out_mnre_sentences(excluded, limit, seed)
+    agent.settings.triple_none_bias = -1e9  # every pair's best relation, with its margin
+    scored, n_gold = score_triples(agent, examples)
+    calibration = best_threshold(scored, n_gold, len(examples)).model_copy(update={"n_excluded_texts": len(excluded)})
+    write_setting(out, "triple_none_bias", calibration.bias, (
+        f"calibrated on {calibration.n_sentences} MNRE train sentences ({n_gold} gold triples) no tuning pass trained "
+        f"on ({_recipe_names(recipes)}; seed {seed}): triple F1 {calibration.f1:.3f} there (P {calibration.precision:.3f}"
+        f" / R {calibration.recall:.3f}); reamo calibrate-triples"), calibration.model_dump(),
+        about_key="triple_calibration")
+    return calibration
+
+
+def held_out_m2e2_sentences(exclude_texts: set[str], limit: int, seed: int = 0) -> list[Example]:
+    """`limit` M2E2 train sentences of the calibration slice (`m2e2_calibration_held_out`), none tuned on."""
+    from reamo.datasets import m2e2_calibration_held_out
+
+    sentences = [e for e in read_m2e2("train") if m2e2_calibration_held_out(e) and e.text not in exclude_texts]
+    return random.Random(f"calibrate-events-{seed}").sample(sentences, min(limit, len(sentences)))
+
+
+def score_event_decisions(agent: Any, examples: Sequence[Example], batch_size: int = 16
+                          ) -> tuple[list[tuple[float, bool, list[tuple[float, bool]]]], int, int]:
+    """Every trigger candidate's best event type with its margin and whether it is a gold trigger of that type,
+    with the scored arguments it got (margin, whether gold: span + role + event type); and the gold counts."""
+    spec = DATASETS["m2e2"]
+    scored: list[tuple[float, bool, list[tuple[float, bool]]]] = []
+    n_triggers = n_arguments = 0
+    for start in tqdm(range(0, len(examples), batch_size), desc="calibrating events", disable=None):
+        chunk = examples[start:start + batch_size]
+        for example, result in zip(chunk, agent.extract_batch([e.text for e in chunk], spec.tasks, spec.labels),
+                                   strict=True):
+            triggers = {(_span(e.trigger), e.type) for e in example.gold.events}
+            arguments = {(_span(a.entity), a.role, e.type) for e in example.gold.events for a in e.arguments}
+            n_triggers += len(triggers)
+            n_arguments += len(arguments)
+            for event in result.events:
+                args = [(a.score, (_span(a.entity), a.role, event.type) in arguments) for a in event.arguments]
+                scored.append((event.score, (_span(event.trigger), event.type) in triggers, args))
+    return scored, n_triggers, n_arguments
+
+
+def _span(mention: Any) -> Any:
+    return (mention.span.start, mention.span.end) if mention.span else mention.text
+
+
+def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLike[str], limit: int = 500,
+                              seed: int = 0) -> dict[str, ThresholdCalibration]:
+    """Pick `trigger_none_bias` (best trigger F1) and then `argument_none_bias` (best argument F1 among the events
+    that margin keeps) on held-out M2E2 train sentences; write both into `out`."""
+    excluded = training_texts(recipes)
+    examples = held_out_m2e2_sentences(excluded, limit, seed)
+    agent.settings.trigger_none_bias = -1e9  # every candidate's best type and every entity's best role, with margins
+    agent.settings.argument_none_bias = -1e9
+    scored, n_triggers, n_arguments = score_event_decisions(agent, examples)
+    triggers = best_threshold([(m, c) for m, c, _ in scored], n_triggers, len(examples))
+    kept_arguments = [a for m, _, args in scored if m > triggers.bias for a in args]
+    arguments = best_threshold(kept_arguments, n_arguments, len(examples))
+    names = _recipe_names(recipes)
+    for key, calibration, what in (("trigger_none_bias", triggers, "trigger"), ("argument_none_bias", arguments,
+                                                                                 "argument")):
+        calibration = calibration.model_copy(update={"n_excluded_texts": len(excluded)})
+        write_setting(out, key, calibration.bias, (
+            f"calibrated on {len(examples)} M2E2 train sentences of the calibration slice no tuning pass trained on "
+            f"({names}; seed {seed}; {calibration.n_gold} gold {what}s): {what} F1 {calibration.f1:.3f} there "
+            f"(P {calibration.precision:.3f} / R {calibration.recall:.3f}); reamo calibrate-events"),
+            calibration.model_dump(), about_key=f"{what}_calibration")
+    return {"trigger": triggers, "argument": arguments}

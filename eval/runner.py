@@ -255,6 +255,19 @@ class AgentPredictor:
         return result
 
 
+def triple_examples(lines: Sequence[Example]) -> list[Example]:
+    """MNRE lines as sentences for full triple extraction: MNRE lists every pair of a sentence's annotated entities
+    as its own line, so scoring each line's one triple would count a sentence's other (correct) triples as wrong.
+    One example per sentence, its gold the union of its lines' relations (no given pair left in `meta`)."""
+    from reamo.datasets import group_mnre
+
+    out = []
+    for example in group_mnre(lines):
+        meta = {k: v for k, v in example.meta.items() if k not in ("head", "tail", "relation")}
+        out.append(example.model_copy(update={"meta": meta}))
+    return out
+
+
 def given_pair(example: Example) -> tuple[Mention, Mention] | None:
     """The (head, tail) mentions of an MNRE line, or None for examples without one."""
     if "head" not in example.meta or "tail" not in example.meta:
@@ -385,6 +398,9 @@ def run_eval(
     examples, label = load_examples(data, limit)
     if not examples:
         raise DatasetError(f"{label}: no examples to evaluate")
+    if triples and examples[0].source == "mnre":
+        examples = triple_examples(examples)
+        label = f"{label} (triples: {len(examples)} sentences)"
     source, split = examples[0].source, examples[0].split
     out = Path(out_dir)
     (out / "predictions").mkdir(parents=True, exist_ok=True)

@@ -167,7 +167,8 @@ def score_system(name: str, examples: Sequence[Example], preds: Sequence[Result]
         for mode in MODES:
             gmner = score_gmner(pairs, mode=mode)
             rows.extend(MetricRow(task=task, mode=mode, scores=getattr(gmner, task)) for task in ("gmner", "mner", "eeg"))
-    if source == "mnre" or (examples and all("head" in e.meta and "relation" in e.meta for e in examples)):
+    # given-pair classification where every example names its pair (not MNRE read as sentences: `--triples`)
+    if examples and all("head" in e.meta and "relation" in e.meta for e in examples):
         rows.extend(classification_rows(examples, preds))
     order = {task: i for i, task in enumerate(("ner", "re", "rc", "et", "ea", "gmner", "mner", "eeg"))}
     rows.sort(key=lambda r: (order.get(r.task, 99), MODES.index(r.mode)))  # type: ignore[arg-type]

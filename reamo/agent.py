@@ -10,19 +10,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from reamo import pipeline
-from reamo.decisions import best_relations, decide_events
+from reamo.candidates import TriggerLexicon
+from reamo.decisions import best_relations
 from reamo.errors import ConfigError, ExtractionError
 from reamo.media import MediaBundle, MediaLimits
 from reamo.model import ReamoModel
-from reamo.model.embedded_default import BASE_NAMES, DEFAULT_NAMES, load_default_model, shipped_settings
+from reamo.model.embedded_default import (
+    BASE_NAMES,
+    DEFAULT_NAMES,
+    LEXICON_NAME,
+    SHIPPED_LEXICON,
+    load_default_model,
+    shipped_settings,
+)
 from reamo.pipeline import PreparedRequest, load_media_bundle, validate_request
 from reamo.protocol import parse
-from reamo.schema import ALL_TASKS, Labels, Result
+from reamo.schema import DEFAULT_TASKS, Labels, Result
 from reamo.tools.dispatcher import Dispatcher
 from reamo.tools.registry import ToolRegistry, default_registry
 
@@ -61,6 +70,28 @@ class AgentSettings(BaseModel):
         "stricter); None = keep what greedy decoding wrote. Calibrated on held-out M2E2 train sentences for the "
         "shipped default (`reamo calibrate-events`), whose tuning mix over-represents sentences with events",
     )
+    triple_none_bias: float | None = Field(
+        default=None,
+        description="relations without given pairs: every pair of extracted entities is classified as a given pair "
+        "(both directions) and the best relation kept when it beats 'None' by more than this margin; None = the "
+        "relations the model writes freely. Calibrated on held-out MNRE train sentences (`reamo calibrate-triples`)",
+    )
+    trigger_none_bias: float | None = Field(
+        default=None,
+        description="events by candidate scoring: each trigger candidate (reamo.candidates) becomes an event of the "
+        "best requested type when that beats 'None' by more than this margin; None = the events the model writes "
+        "freely (then `event_none_bias` applies). Calibrated on held-out M2E2 train sentences (`reamo "
+        "calibrate-events`)",
+    )
+    argument_none_bias: float | None = Field(
+        default=None,
+        description="with trigger_none_bias: an extracted entity becomes an argument of an event in the best role "
+        "its type allows when that beats 'no role' by more than this margin; None = events without arguments",
+    )
+    relation_type_filter: bool = Field(
+        default=True, description="full relation extraction asks a pair only about relations whose entity types "
+        "(MNRE labels carry them, e.g. /per/org/member_of) fit the pair's extracted types")
+    max_pairs: int = Field(default=30, ge=1, description="entity pairs per window asked about, nearest first")
     media_limits: MediaLimits = Field(default_factory=MediaLimits)
     batch_size: int = Field(default=32, ge=1, description="windows generated together in one batch")
     precision: Literal["float32", "bfloat16", "auto"] = Field(
@@ -85,9 +116,11 @@ class Agent:
         model: ReamoModel,
         registry: ToolRegistry | None = None,
         settings: AgentSettings | None = None,
+        trigger_lexicon: TriggerLexicon | None = None,
     ) -> None:
         self.model = model
         self.settings = settings or AgentSettings()
+        self.trigger_lexicon = trigger_lexicon  # words that triggered events in the model's tuning data
         self.registry = registry if registry is not None else default_registry()
         self.dispatcher = Dispatcher(self.registry, timeout_s=self.settings.tool_timeout_s)
 
@@ -95,18 +128,22 @@ class Agent:
     def from_pretrained(cls, name_or_path: str = "default", **settings: Any) -> "Agent":
         """'default' = the embedded default (offline, CPU; tuned adapter when shipped), 'default-base' = its untuned
         base prompted few-shot; otherwise a folder written by `ReamoModel.save_pretrained`."""
+        lexicon_file = None
         if name_or_path in DEFAULT_NAMES or name_or_path in BASE_NAMES:
             model, tuned = load_default_model(tuned=name_or_path in DEFAULT_NAMES)
             settings.setdefault("few_shot", not tuned)  # a tuned model is prompted as it was trained
             if tuned:
                 for key, value in shipped_settings().items():
                     settings.setdefault(key, value)
+                lexicon_file = SHIPPED_LEXICON
         else:
             model = ReamoModel.from_pretrained(name_or_path)
             settings.setdefault("few_shot", False)
+            lexicon_file = Path(name_or_path).expanduser() / LEXICON_NAME
         checked = AgentSettings(**settings)
         model.prepare_for_inference(checked.precision)
-        return cls(model, settings=checked)
+        lexicon = TriggerLexicon.load(lexicon_file) if lexicon_file is not None and lexicon_file.is_file() else None
+        return cls(model, settings=checked, trigger_lexicon=lexicon)
 
     # -- the pipeline ----------------------------------------------------------------------------------------------
     def load_media(self, image: Any = None, audio: Any = None, video: Any = None) -> MediaBundle:
@@ -118,7 +155,7 @@ class Agent:
         image: Any = None,
         audio: Any = None,
         video: Any = None,
-        tasks: Sequence[str] | str = ALL_TASKS,
+        tasks: Sequence[str] | str = DEFAULT_TASKS,
         labels: Labels | dict[str, list[str]] | list[str] | str | None = None,
         pairs: Sequence[tuple[str, str]] | None = None,
         max_new_tokens: int | None = None,
@@ -141,7 +178,7 @@ class Agent:
         image: Any = None,
         audio: Any = None,
         video: Any = None,
-        tasks: Sequence[str] | str = ALL_TASKS,
+        tasks: Sequence[str] | str = DEFAULT_TASKS,
         labels: Labels | dict[str, list[str]] | list[str] | str | None = None,
         max_new_tokens: int | None = None,
         pairs: Sequence[tuple[str, str]] | None = None,
@@ -159,7 +196,7 @@ class Agent:
     def extract_batch(
         self,
         texts: Sequence[str],
-        tasks: Sequence[str] | str = ALL_TASKS,
+        tasks: Sequence[str] | str = DEFAULT_TASKS,
         labels: Labels | dict[str, list[str]] | list[str] | str | None = None,
         max_new_tokens: int | None = None,
         pairs: Sequence[Sequence[tuple[str, str]] | None] | None = None,
@@ -180,7 +217,7 @@ class Agent:
         image: Any = None,
         audio: Any = None,
         video: Any = None,
-        tasks: Sequence[str] | str = ALL_TASKS,
+        tasks: Sequence[str] | str = DEFAULT_TASKS,
         labels: Labels | dict[str, list[str]] | list[str] | str | None = None,
         max_new_tokens: int | None = None,
         pairs: Sequence[tuple[str, str]] | None = None,
@@ -201,12 +238,13 @@ class Agent:
 
     def finish(self, request: PreparedRequest, raws: list[str]) -> Result:
         """The back half for one prepared request whose model output (one text per window) is at hand: parse,
-        align, keep the requested labels, decide events, ground. `run` does this for a batch."""
-        result = pipeline.read_outputs(self, request, raws)
-        decide_events(self, [(request, result, raws)])
-        pipeline.ground(self, request, result)
-        result.timings["total"] = time.perf_counter() - request.started
-        return result
+        align, keep the requested labels, decide relations and events, ground. `run` does this for a batch."""
+        for step in pipeline.finish_steps(self, [request], {0: raws}, [None]):
+            if isinstance(step, list):
+                result = step[0]
+                assert isinstance(result, Result)
+                return result
+        raise AssertionError("finish_steps ends with the results")  # pragma: no cover
 
     # -- decisions (also used by calibration) -----------------------------------------------------------------------
     def best_pair_relation(self, request: PreparedRequest, pair: tuple[str, str]) -> tuple[str, float]:

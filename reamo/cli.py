@@ -173,7 +173,7 @@ def extract(
     image: Optional[Path] = typer.Option(None, "--image", help="Image file (JPEG, PNG, ...)."),
     audio: Optional[Path] = typer.Option(None, "--audio", help="Audio file (WAV, FLAC, OGG)."),
     video: Optional[Path] = typer.Option(None, "--video", help="Video file (MP4, ...)."),
-    tasks: str = typer.Option("ner,re,ee", "--tasks", help="Comma-separated subset of ner,re,ee."),
+    tasks: str = typer.Option("ner,re", "--tasks", help="Comma-separated subset of ner,re,ee (ee: events, experimental on the embedded default; ask for it)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated entity types (default PER,ORG,LOC,OTHER)."),
     model: str = typer.Option("default", "--model", "-m", help="'default' or a saved Reamo model folder."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the Result as JSON to this file ('-' = stdout)."),
@@ -354,9 +354,9 @@ def evaluate(
 
 # Options both calibration commands take (the model, the recipe whose sentences stay out, the settings file).
 _CALIBRATED_MODEL = typer.Option("default", "--model", "-m", help="'default' or a model folder.")
-# The shipped default's five tuning passes; the recipes ship in the installed package (reamo.tuning, configs/).
+# The shipped default's six tuning passes; the recipes ship in the installed package (reamo.tuning, configs/).
 _DEFAULT_RECIPES = ("default_smollm2.yaml", "default_smollm2_more.yaml", "default_smollm2_third.yaml",
-                    "default_smollm2_fourth.yaml", "default_smollm2_fifth.yaml")
+                    "default_smollm2_fourth.yaml", "default_smollm2_fifth.yaml", "default_smollm2_sixth.yaml")
 _TUNING_RECIPES = typer.Option(
     None,
     "--config",
@@ -410,13 +410,27 @@ def calibrate_events_command(
     model: str = _CALIBRATED_MODEL,
     config: Optional[list[Path]] = _TUNING_RECIPES,
     out: Optional[Path] = _SETTINGS_OUT,
-    limit: int = typer.Option(300, "--limit", min=10, help="Held-out M2E2 train sentences to score."),
+    limit: int = typer.Option(500, "--limit", min=10, help="Held-out M2E2 train sentences to score."),
 ) -> None:
-    """Calibrate the events-vs-None margin on held-out M2E2 train sentences (never dev); writes settings.json
-    (yours, in the user config folder, unless --out)."""
-    from reamo.eval.calibrate import calibrate_events
+    """Calibrate the trigger-vs-None and role-vs-None margins of event extraction by candidate scoring on held-out
+    M2E2 train sentences (never dev); writes settings.json (yours, in the user config folder, unless --out)."""
+    from reamo.eval.calibrate import calibrate_event_decisions
 
-    _calibrate(calibrate_events, model, config, out, limit, max_new_tokens=160, event_none_bias=None)
+    _calibrate(calibrate_event_decisions, model, config, out, limit, max_new_tokens=160)
+
+
+@app.command("calibrate-triples")
+def calibrate_triples_command(
+    model: str = _CALIBRATED_MODEL,
+    config: Optional[list[Path]] = _TUNING_RECIPES,
+    out: Optional[Path] = _SETTINGS_OUT,
+    limit: int = typer.Option(300, "--limit", min=10, help="Held-out MNRE train sentences to score."),
+) -> None:
+    """Calibrate the relation-vs-None margin of full relation extraction (every pair of extracted entities) on
+    held-out MNRE train sentences (never dev); writes settings.json (yours, in the user config folder, unless --out)."""
+    from reamo.eval.calibrate import calibrate_triples
+
+    _calibrate(calibrate_triples, model, config, out, limit, max_new_tokens=160)
 
 
 def _calibrate(run: Any, model: str, config: Optional[list[Path]], out: Optional[Path], limit: int,
@@ -431,7 +445,8 @@ def _calibrate(run: Any, model: str, config: Optional[list[Path]], out: Optional
         result = run(agent, recipes, target, limit=limit)
     except ReamoError as err:
         _fail(str(err))
-    console.print_json(result.model_dump_json())
+    console.print_json(json.dumps({k: v.model_dump() for k, v in result.items()}) if isinstance(result, dict)
+                       else result.model_dump_json())
     console.print(f"wrote {target}")
 
 
@@ -473,7 +488,7 @@ def batch(
     actors: int = typer.Option(2, "--actors", min=1, help="Agents running at once (one per GPU on a cluster)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1),
     model: str = typer.Option("default", "--model", "-m"),
-    tasks: str = typer.Option("ner,re,ee", "--tasks"),
+    tasks: str = typer.Option("ner,re", "--tasks", help="Comma-separated subset of ner,re,ee (ee is experimental)."),
     media_root: Optional[Path] = typer.Option(None, "--media-root", help="Folder that media paths are relative to."),
     resume: bool = typer.Option(True, "--resume/--no-resume"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a Ray cluster ('auto')."),

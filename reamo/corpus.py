@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from reamo.errors import ConfigError, MissingDependencyError
-from reamo.schema import ALL_TASKS, Result
+from reamo.schema import ALL_TASKS, DEFAULT_TASKS, Result
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def extract_corpus(
     num_actors: int = 2,
     batch_size: int = 4,
     resume: bool = True,
-    tasks: tuple[str, ...] | str = ALL_TASKS,
+    tasks: tuple[str, ...] | str = DEFAULT_TASKS,
     labels: Any = None,
     media_root: str | os.PathLike | None = None,
     ray_init: dict[str, Any] | None = None,

@@ -379,6 +379,22 @@ def mnre_calibration_held_out(example: Example) -> bool:
     return int(digest, 16) % MNRE_CALIBRATION_MODULUS == 0
 
 
+def group_mnre(examples: Iterable[Example]) -> list[Example]:
+    """One example per MNRE sentence (a line is one entity pair): all its non-None relations together, so a target
+    never omits a relation the sentence has."""
+    grouped: dict[tuple[str, str | None], Example] = {}
+    for example in examples:
+        key = (example.text, example.image)
+        if key not in grouped:
+            grouped[key] = example.model_copy(deep=True)
+            continue
+        gold = grouped[key].gold
+        for relation in example.gold.relations:
+            if all(relation.model_dump() != r.model_dump() for r in gold.relations):
+                gold.relations.append(relation)
+    return list(grouped.values())
+
+
 def read_mnre_for_tuning(split: str = "train", root: str | os.PathLike[str] | None = None) -> list[Example]:
     """MNRE pairs tuning may use: the split without the calibration sentences (`mnre_calibration_held_out`)."""
     return [e for e in read_mnre(split, root=root) if not mnre_calibration_held_out(e)]
@@ -399,6 +415,14 @@ def m2e2_split_of(sentence_id: str) -> str:
     """"dev" for about one article in ten (sha1 of the article id mod 10 == 0), else "train"; stable everywhere."""
     digest = hashlib.sha1(m2e2_article_id(sentence_id).encode("utf-8")).hexdigest()
     return "dev" if int(digest, 16) % M2E2_DEV_MODULUS == 0 else "train"
+
+
+def m2e2_calibration_held_out(example: Example) -> bool:
+    """True for the M2E2 *train* sentences kept for calibrating the event decisions (the articles with sha1 of the
+    article id mod 10 == 1, about one in nine train sentences), which the event-decision tuning never trains on; dev
+    is mod 10 == 0, so the two never meet."""
+    digest = hashlib.sha1(m2e2_article_id(example.id.split(":")[-1]).encode("utf-8")).hexdigest()
+    return example.split == "train" and int(digest, 16) % M2E2_DEV_MODULUS == 1
 
 
 def _m2e2_example(row: dict[str, Any], split: str, number: int) -> Example:

@@ -25,7 +25,7 @@ class DemoExample(BaseModel):
 
     name: str
     text: str
-    tasks: str = "ner,re,ee"
+    tasks: str = "ner,re"
     image: str | None = None
     audio: str | None = None
     video: str | None = None

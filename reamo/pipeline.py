@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from reamo.alignment import align, attach_groundings, normalize
+from reamo.alignment import align, attach_groundings, drop_shared_regions, normalize
 from reamo.errors import ConfigError, ExtractionError, ReamoError
 from reamo.label_filter import keep_requested_labels
 from reamo.media import LoadedAudio, LoadedImage, LoadedVideo, MediaBundle, MediaLimits, load_audio, load_image, load_video
 from reamo.prompting import MODULE_FOR_MODALITY, build_messages, resolve_labels
 from reamo.protocol import parse
-from reamo.schema import ALL_TASKS, Entity, Event, Labels, Mention, Problem, Relation, Result, Task, TextSpan, ToolCall
+from reamo.schema import ALL_TASKS, DEFAULT_TASKS, Entity, Event, Labels, Mention, Problem, Relation, Result, Task, TextSpan, ToolCall
 from reamo.segmenting import Window, split_windows
 
 if TYPE_CHECKING:  # the pipeline is given the agent's parts (model, settings, dispatcher); it never builds one
@@ -49,7 +49,7 @@ class ExtractionInput(BaseModel):
     image: Any = None
     audio: Any = None
     video: Any = None
-    tasks: tuple[Task, ...] = ALL_TASKS
+    tasks: tuple[Task, ...] = DEFAULT_TASKS
     labels: Labels = Field(default_factory=Labels)
     pairs: list[tuple[str, str]] = Field(default_factory=list)
     max_new_tokens: int | None = None
@@ -64,6 +64,8 @@ class Segment(BaseModel):
     window: Window
     prompt: str
     prefix: str = ""
+    transcript: bool = Field(default=False, description="the window is the speech transcript of a request that "
+                             "has its own text: it only adds entities the text lacks")
 
 
 class PreparedRequest(BaseModel):
@@ -90,6 +92,11 @@ class PreparedRequest(BaseModel):
     def prompt(self) -> str:
         """The prompt of the first window (the whole prompt of a request that fits one window)."""
         return self.segments[0].prompt
+
+    @property
+    def text_segments(self) -> list[Segment]:
+        """The windows of the request text (without a speech transcript's segment), in text order."""
+        return [s for s in self.segments if not s.transcript]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,7 +159,7 @@ def validate_request(
     image: Any = None,
     audio: Any = None,
     video: Any = None,
-    tasks: Sequence[str] | str = ALL_TASKS,
+    tasks: Sequence[str] | str = DEFAULT_TASKS,
     labels: Labels | dict[str, list[str]] | list[str] | str | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
     max_new_tokens: int | None = None,
@@ -203,12 +210,12 @@ def describe(modality: str, item: Any) -> str:
 
 
 def media_inputs(agent: "Agent", media: MediaBundle,
-                 problems: list[Problem]) -> tuple[list[str], dict[str, list[Any]], str]:
-    """Encoded media (placeholders + projected features) and tool-made text context for the rest; a describer that
-    fails costs its context line (named in `problems`), not the request."""
+                 problems: list[Problem]) -> tuple[list[str], dict[str, list[Any]], dict[str, str]]:
+    """Encoded media (placeholders + projected features) and tool-made text context for the rest, per modality; a
+    describer that fails costs its context line (named in `problems`), not the request."""
     placeholders: list[str] = []
     features: dict[str, list[Any]] = {}
-    context: list[str] = []
+    context: dict[str, str] = {}
     model = agent.model
     for modality in ("image", "video", "audio"):
         item = getattr(media, modality)
@@ -222,12 +229,12 @@ def media_inputs(agent: "Agent", media: MediaBundle,
             placeholders.append(modality)
             continue
         try:
-            context.append(describe(modality, item))
+            context[modality] = describe(modality, item)
         except Exception as error:  # noqa: BLE001 - one tool's failure on this input becomes its problem
             logger.warning("describing the %s failed: %s: %s", modality, type(error).__name__, error)
             problems.append(Problem(stage="media", message=f"could not describe the {modality} for the model "
                                     f"({type(error).__name__}: {error}); extracting without its context"))
-    return placeholders, features, "\n".join(c for c in context if c)
+    return placeholders, features, context
 
 
 def prepare(agent: "Agent", request: ExtractionInput) -> PreparedRequest:
@@ -247,7 +254,16 @@ def prepare(agent: "Agent", request: ExtractionInput) -> PreparedRequest:
         text = default_transcriber().transcribe(media.audio).text.strip()
         timings["transcribe"] = time.perf_counter() - mark
     problems: list[Problem] = []
-    placeholders, features, context = media_inputs(agent, media, problems)
+    placeholders, features, contexts = media_inputs(agent, media, problems)
+    transcript = ""
+    if request.text.strip() and "audio" in contexts:
+        # the text is what the user wrote: entities come from it, never from a misheard copy of a name in the
+        # transcript (which then aligns nowhere); the transcript grounds them and adds only what the text lacks
+        contexts.pop("audio")
+        from reamo.tools.audio import default_transcriber
+
+        transcript = default_transcriber().transcribe(media.audio).text.strip()
+    context = "\n".join(c for c in contexts.values() if c)
     timings["media_context"] = time.perf_counter() - mark
     given = [m for m in ("image", "video", "audio") if getattr(media, m) is not None]
     settings = agent.settings
@@ -256,12 +272,19 @@ def prepare(agent: "Agent", request: ExtractionInput) -> PreparedRequest:
     else:
         windows = split_windows(text, lambda t: len(model.tokenizer(t, add_special_tokens=False)["input_ids"]),
                                 settings.window_tokens)
+    asked = generation_tasks(agent, request.tasks, bool(request.pairs))
     segments = []
     for window in windows:
-        messages = build_messages(window.text, context, request.tasks, request.labels, placeholders,
+        messages = build_messages(window.text, context, asked, request.labels, placeholders,
                                   settings.few_shot, given, request.pairs)
         segments.append(Segment(window=window, prompt=model.render_prompt(messages),
                                 prefix=model.render_prompt(messages[:-1], add_generation_prompt=False)))
+    if transcript and not request.pairs:
+        messages = build_messages(transcript, context, ("ner",), request.labels, placeholders, settings.few_shot,
+                                  given)
+        segments.append(Segment(window=Window(start=0, text=transcript), prompt=model.render_prompt(messages),
+                                prefix=model.render_prompt(messages[:-1], add_generation_prompt=False),
+                                transcript=True))
     if len(windows) > 1:
         logger.info("text of %d characters read as %d windows of whole sentences", len(text), len(windows))
     return PreparedRequest(
@@ -270,6 +293,17 @@ def prepare(agent: "Agent", request: ExtractionInput) -> PreparedRequest:
         placeholders=placeholders, modalities=given, problems=problems,
         max_new_tokens=request.max_new_tokens or settings.max_new_tokens,
     )
+
+
+def generation_tasks(agent: "Agent", tasks: tuple[Task, ...], given_pairs: bool) -> tuple[Task, ...]:
+    """What the model is asked to write: the requested tasks, except relations and events that candidate scoring
+    decides (`reamo.decisions`), which need the entities instead (their pairs and arguments come from them)."""
+    settings = agent.settings
+    scored = {t for t, on in (("re", settings.triple_none_bias is not None and not given_pairs),
+                              ("ee", settings.trigger_none_bias is not None)) if on and t in tasks}
+    if not scored:
+        return tasks
+    return tuple(t for t in ALL_TASKS if (t in tasks and t not in scored) or t == "ner")  # type: ignore[misc]
 
 
 def pair_prompt(agent: "Agent", request: PreparedRequest, pair: tuple[str, str]) -> Segment:
@@ -304,11 +338,19 @@ def generate_segments(agent: "Agent", jobs: list[tuple[PreparedRequest, Segment]
             batches.append([index])
 
     def run(rows: list[int]) -> list[str]:
-        return agent.model.generate(
+        done = agent.model.generations(
             [jobs[i][1].prompt for i in rows], [jobs[i][0].features for i in rows],
             max_new_tokens=jobs[rows[0]][0].max_new_tokens, max_time=settings.max_time_s,
             prefixes=[jobs[i][1].prefix for i in rows],
         )
+        for row, generation in zip(rows, done):
+            if generation.stop in ("max_new_tokens", "max_time"):
+                limit = (f"max_new_tokens={jobs[row][0].max_new_tokens}" if generation.stop == "max_new_tokens"
+                         else f"max_time_s={settings.max_time_s}")
+                jobs[row][0].problems.append(Problem(stage="generate", message=(
+                    f"the model's answer{' for window ' + str(row) if len(jobs[row][0].segments) > 1 else ''} was "
+                    f"cut at {limit}: it may miss items; raise the limit to read it all")))
+        return [g.text for g in done]
 
     for rows in batches:
         try:
@@ -355,8 +397,12 @@ def read_outputs(agent: "Agent", request: PreparedRequest, raws: list[str]) -> R
     problems: list[Problem] = list(request.problems)
     calls: list[ToolCall] = []
     seen: set[tuple[Any, ...]] = set()
-    several = len(request.segments) > 1
+    several = sum(1 for s in request.segments if not s.transcript) > 1
+    heard: list[Entity] = []
     for index, (segment, raw) in enumerate(zip(request.segments, raws, strict=True)):
+        if segment.transcript:
+            heard = [e for e in align(segment.window.text, parse(raw), False)[0]]
+            continue
         parsed = parse(raw)
         found, rels, evs, aligned = align(segment.window.text, parsed, agent.settings.keep_unaligned)
         offset = segment.window.start
@@ -391,22 +437,38 @@ def read_outputs(agent: "Agent", request: PreparedRequest, raws: list[str]) -> R
             problems.append(problem)
         for call in parsed.tool_calls:
             calls.append(call.model_copy(update={"id": f"w{index}_{call.id}"}) if several else call)
-    if "ner" not in request.tasks:
-        entities = []
+    known = {normalize(e.text) for e in entities}
+    for entity in heard:  # said in the audio, not written in the text: no text span, grounded in the audio
+        name = normalize(entity.text)
+        if not any(similar_names(name, k) for k in known):  # "Tim Cock" is the text's "Tim Cook", misheard
+            known.add(name)
+            entities.append(entity.model_copy(update={"span": None}))
+            problems.append(Problem(stage="align", message=f"entity {entity.text!r} was heard in the audio, not "
+                                    "written in the text: it has no text span"))
     if "re" not in request.tasks:
         relations = []
     if "ee" not in request.tasks:
         events = []
     entities, relations, events, off_label = keep_requested_labels(entities, relations, events, request.labels)
-    problems.extend(off_label)
+    # entities are kept for the decisions (pairs, arguments) even when not asked for; `run_steps` drops them later
+    problems.extend(p for p in off_label if "ner" in request.tasks or not p.message.startswith("dropped entity"))
     return Result(
         text=request.text, tasks=list(request.tasks), entities=entities, relations=relations, events=events,
-        tool_calls=calls, problems=problems, raw_output="\n".join(raws) if not several else
-        "\n".join(f"[window {i}] {raw}" for i, raw in enumerate(raws)),
+        tool_calls=calls, problems=problems, raw_output=raws[0] if len(raws) == 1 else "\n".join(
+            f"[{'transcript' if segment.transcript else f'window {i}'}] {raw}"
+            for i, (segment, raw) in enumerate(zip(request.segments, raws))),
         context=request.context, media={m: getattr(request.media, m).name for m in request.modalities},
         timings=request.timings,
-        windows=[TextSpan(start=s.window.start, end=s.window.end) for s in request.segments] if several else [],
+        windows=[TextSpan(start=s.window.start, end=s.window.end) for s in request.segments
+                 if not s.transcript] if several else [],
     )
+
+
+def similar_names(a: str, b: str, threshold: float = 0.8) -> bool:
+    """Normalized names that are one another's part or nearly the same string (speech recognition slips)."""
+    from difflib import SequenceMatcher
+
+    return a in b or b in a or SequenceMatcher(None, a, b).ratio() >= threshold
 
 
 def auto_calls(entities: list[Entity], calls: list[ToolCall], modalities: set[str]) -> list[ToolCall]:
@@ -427,10 +489,28 @@ def auto_calls(entities: list[Entity], calls: list[ToolCall], modalities: set[st
     return extra
 
 
+def complete_calls(agent: "Agent", calls: list[ToolCall], entities: list[Entity]) -> list[ToolCall]:
+    """The model's calls with what it left out filled from the entity it names: a call `<Instruction>Eileen
+    Collins</Instruction>` has no `entity_type`, and without it the image tool does not look for a face."""
+    types = {normalize(e.text): e.type for e in entities}
+    out = []
+    for call in calls:
+        target = call.arguments.get("target") if isinstance(call.arguments, dict) else None
+        tool = agent.registry.get(call.name)
+        takes_type = tool is not None and "entity_type" in tool.json_schema["function"]["parameters"].get(
+            "properties", {})
+        if isinstance(target, str) and takes_type and not call.arguments.get("entity_type") \
+                and normalize(target) in types:
+            call = call.model_copy(update={"arguments": {**call.arguments, "entity_type": types[normalize(target)]}})
+        out.append(call)
+    return out
+
+
 def ground(agent: "Agent", request: PreparedRequest, result: Result) -> None:
-    """Run the model's tool calls and, with `auto_ground`, one for every entity no call covered; attach results."""
+    """Run the model's tool calls (missing arguments filled from their entity) and, with `auto_ground`, one for
+    every entity and given modality no call covered; attach the results."""
     given = {m for m in ("image", "video", "audio") if getattr(request.media, m) is not None}
-    calls = list(result.tool_calls)
+    calls = complete_calls(agent, list(result.tool_calls), result.entities)
     if agent.settings.auto_ground:
         calls.extend(auto_calls(result.entities, calls, given))
     mark = time.perf_counter()
@@ -440,6 +520,7 @@ def ground(agent: "Agent", request: PreparedRequest, result: Result) -> None:
         if tool_result.error is not None:
             result.problems.append(Problem(message=f"{tool_result.name}: {tool_result.error.message}",
                                            stage="dispatch"))
+    result.problems.extend(drop_shared_regions(results))
     result.problems.extend(attach_groundings(result.entities, results))
     result.tool_calls = calls
     result.tool_results = results
@@ -450,7 +531,7 @@ def run_steps(agent: "Agent", requests: list[PreparedRequest], raise_errors: boo
     """Model step and back half for `requests` together: a short message before each stage (progress for UIs),
     then the list of Results in request order (with `raise_errors=False`, a request that failed is an
     `ExtractionError` in its place instead of raising)."""
-    from reamo.decisions import classify_given_pairs, decide_events
+    from reamo.decisions import classify_given_pairs
 
     outcomes: list[Result | ExtractionError | None] = [None] * len(requests)
     yield "extracting entities, relations and events..."
@@ -472,23 +553,48 @@ def run_steps(agent: "Agent", requests: list[PreparedRequest], raise_errors: boo
             raws[index] = [raw]
             margins[index] = scored
     seconds = (time.perf_counter() - mark) / max(len(requests), 1)
+    for request in requests:
+        request.timings["generate"] = seconds
+    yield from finish_steps(agent, requests, raws, outcomes, raise_errors, margins)
+
+
+def finish_steps(agent: "Agent", requests: list[PreparedRequest], raws: dict[int, list[str]],
+                 outcomes: list[Result | ExtractionError | None], raise_errors: bool = True,
+                 margins: dict[int, dict[tuple[str, str, str], float]] | None = None,
+                 ) -> Iterator[str | list[Result | ExtractionError]]:
+    """The back half for requests whose model output (`raws[i]`: one text per window of request i) is at hand:
+    read (parse, align, merge windows, keep the requested labels), decide relations and events, ground, Result.
+    `outcomes[i]` already set (a failed generation) is passed through; `margins` are given-pair decisions'."""
+    from reamo.decisions import decide_events, decide_events_by_scoring, decide_relations
+
     results: dict[int, Result] = {}
     for index, request in enumerate(requests):
         if outcomes[index] is not None:
             continue
-        request.timings["generate"] = seconds
         try:
             results[index] = read_outputs(agent, request, raws[index])
             for relation in results[index].relations:
-                relation.score = margins.get(index, {}).get((relation.head.text, relation.type, relation.tail.text))
+                relation.score = (margins or {}).get(index, {}).get(
+                    (relation.head.text, relation.type, relation.tail.text))
         except Exception as error:  # noqa: BLE001 - a request that cannot be read fails alone
             if raise_errors:
                 raise
             outcomes[index] = ExtractionError(f"reading the model output failed: {type(error).__name__}: {error}")
-    if any(r.events for r in results.values()):
+    settings = agent.settings
+    if results and (settings.triple_none_bias is not None or settings.trigger_none_bias is not None):
+        yield "deciding relations and events..."
+    elif any(r.events for r in results.values()):
         yield "deciding events..."
     mark = time.perf_counter()
-    decide_events(agent, [(requests[i], results[i], raws[i]) for i in sorted(results)])
+    ordered = sorted(results)
+    decide_relations(agent, [(requests[i], results[i]) for i in ordered])
+    if settings.trigger_none_bias is not None:
+        decide_events_by_scoring(agent, [(requests[i], results[i]) for i in ordered], agent.trigger_lexicon)
+    else:
+        decide_events(agent, [(requests[i], results[i], raws[i]) for i in ordered])
+    for index in ordered:
+        if "ner" not in requests[index].tasks:
+            results[index].entities = []
     seconds = (time.perf_counter() - mark) / max(len(results), 1)
     if any(r.modalities for r in requests):
         media = sorted({m for r in requests for m in r.modalities})

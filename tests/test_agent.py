@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from reamo.agent import Agent
+from reamo.agent import Agent, AgentSettings
 from reamo.errors import ConfigError
 from reamo.media import MediaBundle, load_audio
 from reamo.model import ReamoConfig, ReamoModel
@@ -244,3 +244,111 @@ def test_shipped_settings_skip_provenance_keys(tmp_path, monkeypatch) -> None:
     assert embedded_default.shipped_settings() == {"pair_none_bias": 0.2}
     monkeypatch.setattr(embedded_default, "SHIPPED_SETTINGS", tmp_path / "absent.json")
     assert embedded_default.shipped_settings() == {}
+
+
+def test_a_call_without_entity_type_gets_the_type_of_the_entity_it_names(tiny_llm_dir) -> None:
+    """The model's `<Instruction>Eileen Collins</Instruction>` carries no type, so the image tool would not look for
+    a face; the agent fills it from the extracted entity (issue 27), and entities no call covers are grounded too."""
+    import numpy as np
+
+    from reamo.media import load_image
+    from reamo.schema import ImageRegion
+
+    seen: list[tuple[str, str | None]] = []
+
+    def segment(media: MediaBundle, target: str, entity_type: str | None = None) -> list:
+        """Finds persons only when told the target is one.
+
+        Args:
+            media: the user's media (injected)
+            target: entity text
+            entity_type: entity type
+        """
+        seen.append((target, entity_type))
+        if entity_type == "PER":
+            return [ImageRegion(box={"x1": 1, "y1": 1, "x2": 5, "y2": 5}, score=0.9, source="test")]
+        return [NoRegion(modality="image", reason="not a person")]
+
+    registry = ToolRegistry()
+    registry.register("ImageSegmentation", "image", segment)
+    agent = Agent(ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir))), registry=registry,
+                  settings=AgentSettings(few_shot=False))
+    text = "NASA astronaut Eileen Collins poses in front of the flag."
+    raw = ("Entities: (NASA, ORG)(Eileen Collins, PER)\n"
+           "<Module>ImageSegmentation</Module><Instruction>Eileen Collins</Instruction>")
+    request = agent.prepare(text, tasks=("ner",))
+    media = MediaBundle(image=load_image(np.full((32, 32, 3), 128, dtype=np.uint8)))
+    request = request.model_copy(update={"media": media, "modalities": ["image"]})
+    result = agent.finish(request, [raw])
+    assert ("Eileen Collins", "PER") in seen and ("NASA", "ORG") in seen  # the model's call, typed; NASA auto
+    collins = next(e for e in result.entities if e.text == "Eileen Collins")
+    assert isinstance(collins.grounding("image"), ImageRegion)
+
+
+def test_with_text_and_audio_entities_come_from_the_text_and_the_transcript_adds_what_it_lacks(
+        tiny_agent: Agent, monkeypatch) -> None:
+    """Issue 27: the model copied misheard transcript names ("Tim Cook" heard as "Tim Cock") that aligned nowhere
+    and lost the text's entities. The text windows' prompts no longer carry the transcript; the transcript is read
+    on its own and adds only entities the text does not name (with no text span)."""
+    import numpy as np
+
+    from reamo.tools import audio as audio_tools
+
+    heard = "Tim Cock met Olaf Scholz and Greta Thunberg in Berlin."
+
+    class Heard:
+        def transcribe(self, audio: object) -> audio_tools.Transcript:
+            return audio_tools.Transcript(text=heard)
+
+    monkeypatch.setattr(audio_tools, "default_transcriber", lambda: Heard())
+    text = "Tim Cook met Olaf Scholz in Berlin."
+    request = tiny_agent.prepare(text, audio=np.zeros(16000, dtype=np.float32), tasks=("ner",))
+    texts, transcripts = request.text_segments, [s for s in request.segments if s.transcript]
+    assert len(texts) == 1 and "Tim Cock" not in texts[0].prompt and "Text: Tim Cook met" in texts[0].prompt
+    assert len(transcripts) == 1 and transcripts[0].window.text == heard
+    raws = ["Entities: (Tim Cook, PER)(Olaf Scholz, PER)(Berlin, LOC)",
+            "Entities: (Tim Cock, PER)(Olaf Scholz, PER)(Greta Thunberg, PER)(Berlin, LOC)"]
+    result = tiny_agent.finish(request, raws)
+    found = {e.text: e.span for e in result.entities}
+    assert set(found) == {"Tim Cook", "Olaf Scholz", "Berlin", "Greta Thunberg"}  # "Tim Cock" is Tim Cook, misheard
+    assert found["Greta Thunberg"] is None and text[found["Tim Cook"].start:found["Tim Cook"].end] == "Tim Cook"
+    assert any("heard in the audio" in p.message and "Greta Thunberg" in p.message for p in result.problems)
+
+
+def test_bad_arguments_are_refused_before_any_model_work(tiny_agent: Agent) -> None:
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ConfigError, match="max_new_tokens must be a positive integer"):
+            tiny_agent.extract(text=TEXT, max_new_tokens=bad)
+    with pytest.raises(ConfigError, match="nothing to extract"):
+        tiny_agent.extract(text="   \n\t ")
+    with pytest.raises(ConfigError, match="not valid UTF-8"):
+        tiny_agent.extract(text=b"caf\xe9")
+    with pytest.raises(ConfigError, match="labels cannot be a int"):
+        tiny_agent.extract(text=TEXT, labels=123)
+    assert tiny_agent.extract(text=TEXT, labels="PER", tasks="ner", max_new_tokens=4).tasks == ["ner"]
+
+
+def test_a_tool_that_crashes_on_an_input_becomes_a_problem_of_that_input(tiny_agent: Agent, monkeypatch) -> None:
+    import numpy as np
+
+    from reamo import pipeline
+
+    def broken(modality: str, item: object) -> str:
+        raise ValueError("torch.cat(): expected a non-empty list of Tensors")
+
+    monkeypatch.setattr(pipeline, "describe", broken)
+    result = tiny_agent.extract(text=TEXT, image=np.full((10, 10, 3), 9, dtype=np.uint8), tasks="ner",
+                                max_new_tokens=4)
+    assert any(p.stage == "media" and "could not describe the image" in p.message for p in result.problems)
+
+
+def test_total_time_counts_every_stage(tiny_agent: Agent) -> None:
+    old = tiny_agent.settings.model_copy()
+    try:
+        tiny_agent.settings.event_none_bias = -1e9  # the event decision runs when events were written
+        result = tiny_agent.finish(tiny_agent.prepare(TEXT, tasks=("ner", "ee")),
+                                   ["Entities: (Mallorca, LOC)\nEvents: [Life:Marry | engaged]"])
+        stages = {k: v for k, v in result.timings.items() if k != "total"}
+        assert {"decide", "tools"} <= set(stages) and result.timings["total"] >= sum(stages.values())
+    finally:
+        tiny_agent.settings = old

@@ -28,6 +28,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from reamo.agent import Agent, AgentSettings
 from reamo.demo import make_banner_photo
 from reamo.errors import MediaError
+from reamo.model.modeling_reamo import Generation
 from reamo.schema import ImageRegion, Result
 from reamo.ui import views
 from reamo.ui.app import build_app, mount
@@ -70,11 +71,15 @@ class ScriptedLLM:
         content = messages[-1]["content"]
         return content if isinstance(content, str) else content[-1]["text"]
 
-    def generate(self, prompts: list[str], media: Any = None, max_new_tokens: int = 0, max_time: Any = None,
-                 prefixes: Any = None) -> list[str]:
+    def generations(self, prompts: list[str], media: Any = None, max_new_tokens: int = 0, max_time: Any = None,
+                    prefixes: Any = None) -> list[Generation]:
         if any(FAILURE_WORD in prompt for prompt in prompts):
             raise RuntimeError("CUDA error: device-side assert triggered (simulated)")
-        return [self.answer(prompt.rsplit("Text: ", 1)[-1]) for prompt in prompts]
+        return [Generation(text=self.answer(prompt.rsplit("Text: ", 1)[-1])) for prompt in prompts]
+
+    def generate(self, prompts: list[str], media: Any = None, max_new_tokens: int = 0, max_time: Any = None,
+                 prefixes: Any = None) -> list[str]:
+        return [g.text for g in self.generations(prompts, media, max_new_tokens, max_time, prefixes)]
 
     @staticmethod
     def answer(text: str) -> str:

@@ -35,6 +35,12 @@ class DataConfig(BaseModel):
         default=0.3, ge=0, le=1,
         description="share of M2E2 sentences without events (82% of M2E2 train has none; a lower share teaches "
         "the model to write events more often, which `reamo calibrate-events` then corrects)")
+    event_decisions: bool = Field(
+        default=False, description="M2E2 trigger and argument decisions (reamo.tuning.decisions): every gold trigger "
+        "and role of the train split outside the calibration slice, plus the negatives below")
+    trigger_negatives: int = Field(default=0, ge=0, description="trigger candidates that are no trigger ('None')")
+    argument_negatives: int = Field(default=0, ge=0, description="entity mentions that play no role in an event")
+    mnre_reversed: int = Field(default=0, ge=0, description="MNRE pairs with a relation, asked the other way round")
     invocation: int = Field(default=0, ge=0)
     speech: int = Field(default=0, ge=0)
     photos: bool = False

@@ -34,13 +34,14 @@ from reamo.datasets import (
     MNRE_SHORT_NAMES,
     MNRE_SHORT_RELATION_TYPES,
     Example,
+    group_mnre,
     read_gmner,
     read_m2e2,
     read_mnre_for_tuning,
     write_jsonl,
 )
 from reamo.errors import ConfigError
-from reamo.prompting import MODULE_FOR_MODALITY, build_messages
+from reamo.prompting import MODULE_FOR_MODALITY, Question, build_messages
 from reamo.protocol import serialize
 from reamo.schema import Entity, Event, ImageRegion, Labels, Relation, ToolCall
 
@@ -138,6 +139,7 @@ def make_example(
     contexts: dict[str, str] | None = None,
     media: dict[str, str] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
+    question: Question | None = None,
     rng: random.Random,
     options: BuildOptions,
 ) -> InstructionExample:
@@ -155,7 +157,7 @@ def make_example(
     context = "\n".join(contexts[m] for m in given if m not in options.encoded and contexts.get(m))
     task_tuple = tuple(t for t in ("ner", "re", "ee") if t in tasks)
     messages = build_messages(text, context, task_tuple, labels, placeholders, False, given,  # type: ignore[arg-type]
-                              list(pairs or []))
+                              list(pairs or []), question)
     if options.paraphrase_prob and rng.random() < options.paraphrase_prob:
         first, _, rest = messages[0]["content"].partition("\n")
         messages[0]["content"] = rng.choice(INSTRUCTION_VARIANTS[1:]) + "\n" + rest
@@ -221,22 +223,6 @@ def gmner_examples(
             rng=rng, options=options,
         ))
     return out
-
-
-def group_mnre(examples: Iterable[Example]) -> list[Example]:
-    """One example per MNRE sentence (a line is one entity pair): all its non-None relations together, so a target
-    never omits a relation the sentence has."""
-    grouped: dict[tuple[str, str | None], Example] = {}
-    for example in examples:
-        key = (example.text, example.image)
-        if key not in grouped:
-            grouped[key] = example.model_copy(deep=True)
-            continue
-        gold = grouped[key].gold
-        for relation in example.gold.relations:
-            if all(relation.model_dump() != r.model_dump() for r in gold.relations):
-                gold.relations.append(relation)
-    return list(grouped.values())
 
 
 def short_relations(relations: Sequence[Relation]) -> list[Relation]:

@@ -90,14 +90,48 @@ class ReamoForTraining(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+SHIPPED_DEFAULT = "default-adapter"  # `model:` value: the embedded default with its shipped adapter, to continue
+
+
 def build_model(config: TrainConfig) -> ReamoModel:
-    """The model to tune: the embedded default, a previous stage's folder, or a ReamoConfig; LoRA added if absent."""
+    """The model to tune: the embedded default, a previous stage's folder, or a ReamoConfig; LoRA added if absent.
+    bitsandbytes stays unimported unless the model is 4-bit (`reamo.quiet.bitsandbytes_hidden`)."""
+    from reamo.quiet import bitsandbytes_hidden, filter_known_warnings
+
+    filter_known_warnings()
+    four_bit = isinstance(config.model, ReamoConfig) and config.model.load_in_4bit
+    if not four_bit and not (isinstance(config.model, str) and _saved_4bit(config.model)):
+        with bitsandbytes_hidden():
+            return _build_model(config)
+    return _build_model(config)
+
+
+def _saved_4bit(folder: str) -> bool:
+    """Whether a saved model folder's config asks for a 4-bit LLM (False for names that are no folder)."""
+    path = Path(folder).expanduser()
+    try:
+        return (path / "reamo_config.json").is_file() and ReamoConfig.load(path).load_in_4bit
+    except Exception:  # noqa: BLE001 - an unreadable config fails later with its own clear error
+        return False
+
+
+def _build_model(config: TrainConfig) -> ReamoModel:
     if isinstance(config.model, ReamoConfig):
         model = ReamoModel.from_config(config.model, training=True)
     elif config.model in ("default", "reamo-default", "smollm2-135m-instruct"):
         from reamo.model.embedded_default import default_config
 
         model = ReamoModel.from_config(default_config(), training=True)
+    elif config.model == SHIPPED_DEFAULT:
+        # the embedded default with the adapter shipped in the package, trainable: a new pass continues the
+        # shipped model on a fresh clone, where the earlier passes' run folders do not exist
+        from peft import PeftModel
+
+        from reamo.model.embedded_default import SHIPPED_ADAPTER, default_config
+
+        model = ReamoModel.from_config(default_config(), training=True)
+        model.llm = PeftModel.from_pretrained(model.llm, str(SHIPPED_ADAPTER), is_trainable=True)
+        model.llm.float()  # the shipped adapter is bfloat16; train its weights in float32
     else:
         model = ReamoModel.from_pretrained(config.model, training=True)
     has_lora = hasattr(model.llm, "peft_config")
@@ -177,6 +211,8 @@ def build_examples(config: TrainConfig, encoded: Sequence[str] = ()) -> list[Ins
     elif any(counts.values()):
         examples += uie_examples(data.split, counts, data.seed, stage, options, data.root, data.mnre_none_fraction,
                                  data.m2e2_none_fraction)
+    if stage != 2:
+        examples += decision_examples(data, options)
     if stage == 4 and data.invocation:
         examples += invocation_examples(_sentences(data, data.invocation), data.split, data.seed, options=options)
     if stage in (3, 4) and data.speech:
@@ -192,6 +228,35 @@ def build_examples(config: TrainConfig, encoded: Sequence[str] = ()) -> list[Ins
     random.Random(f"order-{data.seed}").shuffle(examples)
     logger.info("stage %d: %d training examples", stage, len(examples))
     return examples
+
+
+def decision_examples(data: Any, options: BuildOptions) -> list[InstructionExample]:
+    """The candidate-scoring decisions of `reamo.decisions` (`reamo.tuning.decisions`): trigger and argument
+    decisions on M2E2 (every gold trigger and role, plus the configured numbers of negatives), and MNRE pairs asked
+    the other way round."""
+    from reamo.tuning.decisions import (
+        argument_examples,
+        build_trigger_lexicon,
+        m2e2_for_decisions,
+        reversed_pair_examples,
+        trigger_examples,
+    )
+
+    out: list[InstructionExample] = []
+    if data.event_decisions:
+        sentences = m2e2_for_decisions(data.split, data.root)
+        lexicon = build_trigger_lexicon(sentences)
+        out += trigger_examples(sentences, data.split, lexicon, data.trigger_negatives, data.seed, options)
+        out += argument_examples(sentences, data.split, data.argument_negatives, data.seed, options)
+    if data.mnre_reversed:
+        from reamo.tuning.data import balance_relations
+
+        from reamo.datasets import read_mnre_for_tuning
+
+        lines = balance_relations(read_mnre_for_tuning(data.split, root=data.root), data.mnre_reversed, 0.0,
+                                  data.seed + 1000)
+        out += reversed_pair_examples(lines, data.split, data.seed, options)
+    return out
 
 
 def _sentences(data: Any, count: int, salt: str = "") -> list:

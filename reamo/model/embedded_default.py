@@ -36,6 +36,9 @@ SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "weights" / "default" / 
 # AgentSettings fields, plus "_about" with provenance.
 SHIPPED_SETTINGS = SHIPPED_ADAPTER.parent / "settings.json"
 SETTINGS_NAME = "settings.json"
+# Words that triggered events in the adapter's tuning data (`reamo.candidates.TriggerLexicon`): where a model keeps it
+LEXICON_NAME = "trigger_lexicon.json"
+SHIPPED_LEXICON = SHIPPED_ADAPTER.parent / LEXICON_NAME
 
 
 def user_config_dir() -> Path:

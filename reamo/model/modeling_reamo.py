@@ -113,6 +113,16 @@ class RepetitionStop:
         return bool(self.pattern.search(self.tokenizer.decode(generated[-self.window:], skip_special_tokens=True)))
 
 
+class Generation(BaseModel):
+    """One generated text and why it stopped: "end" (end of sequence), "repetition" (`RepetitionStop`),
+    "max_new_tokens" / "max_time" (cut: the answer may be incomplete), "unknown" (transformers' generate)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    stop: Literal["end", "repetition", "max_new_tokens", "max_time", "unknown"] = "end"
+
+
 class Projector(nn.Module):
     """Encoder embedding [batch, in_dim] -> `tokens` LLM input embeddings [batch, tokens, hidden]."""
 
@@ -285,7 +295,10 @@ class ReamoModel(nn.Module):
                 state = {k: v.detach().contiguous().cpu() for k, v in self.projectors.state_dict().items()}
                 save_file(state, str(staging / PROJECTOR_NAME))
             if hasattr(self.llm, "peft_config"):
-                self.llm.save_pretrained(str(staging / ADAPTER_DIR), safe_serialization=True)
+                # LoRA leaves the embeddings alone: peft need not look for the base model's vocabulary (which it
+                # cannot find for a local base and warns about at every checkpoint)
+                self.llm.save_pretrained(str(staging / ADAPTER_DIR), safe_serialization=True,
+                                         save_embedding_layers=False)
             if target.exists():
                 backup = target.with_name(f".{target.name}.old")
                 shutil.rmtree(backup, ignore_errors=True)
@@ -524,7 +537,6 @@ class ReamoModel(nn.Module):
             cache.update(key.expand(batch, -1, -1, -1), value.expand(batch, -1, -1, -1), layer)
         return cache
 
-    @torch.no_grad()
     def generate(
         self,
         prompts: list[str],
@@ -534,6 +546,20 @@ class ReamoModel(nn.Module):
         prefixes: list[str | None] | None = None,
         **generate_kwargs: Any,
     ) -> list[str]:
+        """The texts of `generations` (same arguments)."""
+        return [g.text for g in self.generations(prompts, media, max_new_tokens, max_time, prefixes,
+                                                 **generate_kwargs)]
+
+    @torch.no_grad()
+    def generations(
+        self,
+        prompts: list[str],
+        media: list[dict[EncodedModality, list[torch.Tensor]]] | None = None,
+        max_new_tokens: int = 256,
+        max_time: float | None = None,
+        prefixes: list[str | None] | None = None,
+        **generate_kwargs: Any,
+    ) -> list[Generation]:
         """Generate one continuation per prompt (batched, greedy); media[i] feeds prompt i's placeholders.
 
         `prefixes[i]`: the start prompt i shares with other requests (`shared_prefix_length`). Rows with the same
@@ -554,7 +580,7 @@ class ReamoModel(nn.Module):
 
         kwargs["stopping_criteria"] = StoppingCriteriaList([RepetitionStop(self.tokenizer)])
         kwargs.update(generate_kwargs)
-        outputs: list[str] = [""] * len(prompts)
+        outputs: list[Generation] = [Generation(text="")] * len(prompts)
         with self._lock:
             ids = [self.tokenize_with_placeholders(p) for p in prompts]
             cacheable = getattr(getattr(self.llm, "generation_config", None), "cache_implementation", None) is None
@@ -572,18 +598,19 @@ class ReamoModel(nn.Module):
                     mask = torch.cat([mask.new_ones((len(rows), len(key))), mask], dim=1)
                     cache = self._cache_from(self._prefix_key_values(key), len(rows))
                 if cacheable and not generate_kwargs:
-                    texts = self._greedy(embeds, mask, cache, len(key), max_new_tokens, max_time)
+                    done = self._greedy(embeds, mask, cache, len(key), max_new_tokens, max_time)
                 else:
                     extra = {self._cache_argument(): cache} if cache is not None else {}
                     generated = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs, **extra)
                     # with inputs_embeds only, generate returns just the new tokens
-                    texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-                for r, text in zip(rows, texts):
-                    outputs[r] = text
+                    done = [Generation(text=t, stop="unknown")
+                            for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+                for r, generation in zip(rows, done):
+                    outputs[r] = generation
         return outputs
 
     def _greedy(self, embeds: torch.Tensor, mask: torch.Tensor, cache: Any, cached: int, max_new_tokens: int,
-                max_time: float | None) -> list[str]:
+                max_time: float | None) -> list[Generation]:
         """Greedy decoding of a batch that drops each row as it finishes (end of sequence, a repetition loop
         (`RepetitionStop`), or the token budget), so the batch's later steps cost only the rows still writing:
         the same tokens as transformers' greedy `generate`, which computes every row until the last one ends.
@@ -603,6 +630,7 @@ class ReamoModel(nn.Module):
                           use_cache=True, logits_to_keep=1, **{cache_kw: cache}).logits[:, -1]
         rows = list(range(embeds.shape[0]))
         written: list[list[int]] = [[] for _ in rows]
+        reasons = ["end"] * len(rows)
         last = positions[:, -1]
         for step in range(max_new_tokens):
             chosen = logits.argmax(-1)
@@ -612,10 +640,14 @@ class ReamoModel(nn.Module):
                 if token == eos:
                     continue
                 written[row].append(token)
-                if not stop.repeats(written[row]):
+                if stop.repeats(written[row]):
+                    reasons[row] = "repetition"
+                else:
                     going.append(j)
-            if not going or step + 1 >= max_new_tokens or (max_time is not None
-                                                           and time.perf_counter() - started > max_time):
+            out_of_time = max_time is not None and time.perf_counter() - started > max_time
+            if not going or step + 1 >= max_new_tokens or out_of_time:
+                for j in going:
+                    reasons[rows[j]] = "max_time" if out_of_time and step + 1 < max_new_tokens else "max_new_tokens"
                 break
             if len(going) < len(rows):
                 keep = torch.tensor(going, device=mask.device)
@@ -626,7 +658,8 @@ class ReamoModel(nn.Module):
             last = last + 1
             logits = self.llm(input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
                               use_cache=True, **{cache_kw: cache}).logits[:, -1]
-        return [self.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in written]
+        return [Generation(text=self.tokenizer.decode(tokens, skip_special_tokens=True), stop=reason)
+                for tokens, reason in zip(written, reasons)]
 
     @torch.no_grad()
     def score_continuations(self, items: Sequence[ScoringItem], max_tree_tokens: int = 2048) -> list[list[float]]:

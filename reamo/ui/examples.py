@@ -22,7 +22,7 @@ class UIExample(BaseModel):
     label: str
     text: str
     file: str | None = None
-    tasks: list[str] = ["ner", "re", "ee"]
+    tasks: list[str] = ["ner", "re"]
     labels: str = ""
 
 

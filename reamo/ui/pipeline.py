@@ -1,8 +1,6 @@
 """One UI request, stage by stage: sort the uploads by modality, load them under the UI's limits, then run the
-agent's chain while reporting progress ("transcribing audio...", "extracting...") so the chat can stream it.
-
-The stages are the agent's own public steps (`media_inputs`, `model.render_prompt`, `model.generate`, `finish`)
-in the order `Agent.extract` runs them; this module only adds the progress reports and the upload handling.
+agent's one pipeline (`Agent.extract_steps`, the same chain every caller runs) while reporting its progress
+("reading the image...", "extracting...", "deciding relations and events...") so the chat can stream it.
 """
 
 from __future__ import annotations
