@@ -74,7 +74,7 @@ def main() -> None:
     from reamo.datasets import read_m2e2
 
     sentences = [example.text for example in read_m2e2("dev")]
-    report = compare(Agent.from_default(), sentences, args.words)
+    report = compare(Agent.from_pretrained("default"), sentences, args.words)
     print(json.dumps(report, indent=1))  # noqa: T201 - the script's output
 
 

@@ -100,8 +100,12 @@ class AgentSettings(BaseModel):
         "answers the model card reports; bfloat16 = 2-3x faster on CPUs with native bfloat16 (AVX-512 BF16, AMX) "
         "with answers that differ in close calls; auto = bfloat16 where it is native",
     )
-    window_tokens: int = Field(default=128, ge=16, description="a longer text is read in windows of whole "
-                               "sentences of at most this many tokens (reamo.segmenting)")
+    window_tokens: int = Field(default=128, ge=16, description="a text of at most this many tokens is read "
+                               "whole; a longer one in windows of whole sentences (reamo.segmenting)")
+    sentence_window_tokens: int = Field(default=48, ge=8, description="in a longer text, consecutive sentences "
+                                        "share a window only up to this many tokens: the embedded default finds "
+                                        "as many entities per sentence one sentence at a time as alone (0.99x on "
+                                        "a 3,000-word M2E2 text) but 0.69x in windows of 128 tokens")
 
 
 class Agent:

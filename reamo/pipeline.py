@@ -271,7 +271,7 @@ def prepare(agent: "Agent", request: ExtractionInput) -> PreparedRequest:
         windows = [Window(start=0, text=text)]
     else:
         windows = split_windows(text, lambda t: len(model.tokenizer(t, add_special_tokens=False)["input_ids"]),
-                                settings.window_tokens)
+                                settings.window_tokens, pack_tokens=settings.sentence_window_tokens)
     asked = generation_tasks(agent, request.tasks, bool(request.pairs))
     segments = []
     for window in windows:

@@ -72,9 +72,13 @@ def _split_long(text: str, start: int, end: int, count: Callable[[str], int], li
 
 
 def split_windows(text: str, count_tokens: Callable[[str], int], window_tokens: int = 128,
-                  overlap_words: int = 8) -> list[Window]:
-    """`text` as one window when it fits in `window_tokens`, else as windows of consecutive whole sentences of at
-    most `window_tokens` tokens each (a longer sentence alone is cut into overlapping word pieces)."""
+                  overlap_words: int = 8, pack_tokens: int | None = None) -> list[Window]:
+    """`text` as one window when it fits in `window_tokens`, else as windows of consecutive whole sentences: a
+    window holds several sentences only while they fit in `pack_tokens` (default `window_tokens`), a sentence of
+    up to `window_tokens` is never cut, a longer one is cut into overlapping word pieces of `window_tokens`.
+    A small model reads one sentence at a time as it was tuned (news sentences, tweets); packed into one prompt,
+    several sentences lose entities (see `AgentSettings.sentence_window_tokens`)."""
+    pack = min(pack_tokens or window_tokens, window_tokens)
     if not text.strip() or count_tokens(text) <= window_tokens:
         return [Window(start=0, text=text)]
     pieces: list[tuple[int, int]] = []
@@ -86,7 +90,7 @@ def split_windows(text: str, count_tokens: Callable[[str], int], window_tokens: 
     windows: list[Window] = []
     current: tuple[int, int] | None = None
     for start, end in pieces:
-        if current is not None and start >= current[1] and count_tokens(text[current[0]:end]) <= window_tokens:
+        if current is not None and start >= current[1] and count_tokens(text[current[0]:end]) <= pack:
             current = (current[0], end)
             continue
         if current is not None:

@@ -192,3 +192,14 @@ def test_triple_evaluation_scores_sentences_not_lines() -> None:
     assert len(sentences) == len({line.text for line in lines})
     assert sum(len(s.gold.relations) for s in sentences) == sum(len(line.gold.relations) for line in lines)
     assert all("head" not in s.meta for s in sentences)
+
+
+def test_events_are_asked_for_not_a_default_task() -> None:
+    """Events stay experimental on the embedded default (trigger F1 under 45): a request without tasks asks
+    entities and relations; asking "ee" explicitly still works."""
+    from reamo.pipeline import validate_request
+    from reamo.ui.examples import UIExample
+
+    assert validate_request(text="Rafael Nadal won.").tasks == ("ner", "re")
+    assert validate_request(text="Rafael Nadal won.", tasks="ner,ee").tasks == ("ner", "ee")
+    assert UIExample(label="x", text="y").tasks == ["ner", "re"]

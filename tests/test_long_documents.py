@@ -35,6 +35,15 @@ def test_windows_are_whole_sentences_that_cover_the_text() -> None:
     assert [text[s:e] for s, e in sentence_spans(" ".join(SENTENCES))] == SENTENCES
 
 
+def test_sentences_share_a_window_only_up_to_the_pack_size() -> None:
+    text = " ".join(SENTENCES * 3)
+    packed = split_windows(text, words, window_tokens=40)
+    alone = split_windows(text, words, window_tokens=40, pack_tokens=12)
+    assert len(packed) < len(alone) == len(SENTENCES) * 3  # each sentence (8-11 words) in its own window
+    assert [w.text for w in alone] == SENTENCES * 3
+    assert split_windows(" ".join(SENTENCES), words, window_tokens=40, pack_tokens=12)[0].text == " ".join(SENTENCES)
+
+
 def test_a_sentence_longer_than_a_window_is_cut_into_overlapping_pieces() -> None:
     long_sentence = " ".join(f"word{i}" for i in range(100)) + "."
     windows = split_windows(long_sentence, words, window_tokens=30, overlap_words=5)

@@ -109,11 +109,42 @@ class OpenCVTracker:
             tracked = Box(x1=x1, y1=y1, x2=x2, y2=y2)
             health = patch_similarity(template, _patch(frames[index], tracked))
             if health < self.min_health:
-                logger.debug("tracked region no longer looks like the key frame's at sampled frame %d (%.2f)",
-                             index, health)
-                break
+                # MIL's random sampling sometimes lands beside the target: look for the key frame's patch around
+                # where MIL put it (template matching), and go on from there only if it is found
+                found = self._rematch(frames[index], first, box, tracked)
+                if found is None:
+                    logger.debug("tracked region no longer looks like the key frame's at sampled frame %d (%.2f)",
+                                 index, health)
+                    break
+                tracked, health = found
+                tracker = self._create(int(max(h, w) * scale))
+                tracker.init(self._prepare(frames[index], scale), (
+                    int(tracked.x1 * scale), int(tracked.y1 * scale),
+                    max(2, int((tracked.x2 - tracked.x1) * scale)), max(2, int((tracked.y2 - tracked.y1) * scale))))
             out[index] = (tracked, health)
         return out
+
+    def _rematch(self, frame: np.ndarray, first: np.ndarray, box: Box, near: Box) -> tuple[Box, float] | None:
+        """The key frame's box content found in `frame` within a search window around `near` (normalized
+        cross-correlation, `cv2.matchTemplate`), with its similarity, or None below `min_health`."""
+        import cv2
+
+        h, w = frame.shape[:2]
+        x1, y1, x2, y2 = int(box.x1), int(box.y1), max(int(box.x2), int(box.x1) + 2), max(int(box.y2), int(box.y1) + 2)
+        template = cv2.cvtColor(np.ascontiguousarray(first[y1:y2, x1:x2]), cv2.COLOR_RGB2GRAY)
+        bw, bh = template.shape[1], template.shape[0]
+        margin = int(self.search_fraction * max(h, w))
+        sx1, sy1 = max(0, int(near.x1) - margin), max(0, int(near.y1) - margin)
+        sx2, sy2 = min(w, int(near.x1) + bw + margin), min(h, int(near.y1) + bh + margin)
+        if sx2 - sx1 < bw or sy2 - sy1 < bh:
+            return None
+        window = cv2.cvtColor(np.ascontiguousarray(frame[sy1:sy2, sx1:sx2]), cv2.COLOR_RGB2GRAY)
+        scores = cv2.matchTemplate(window, template, cv2.TM_CCOEFF_NORMED)
+        _, best, _, (bx, by) = cv2.minMaxLoc(scores)
+        if not np.isfinite(best) or best < self.min_health:
+            return None
+        found = Box(x1=float(sx1 + bx), y1=float(sy1 + by), x2=float(sx1 + bx + bw), y2=float(sy1 + by + bh))
+        return found, patch_similarity(_patch(first, box), _patch(frame, found))
 
     @staticmethod
     def _prepare(frame: np.ndarray, scale: float) -> np.ndarray:
