@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -89,3 +90,32 @@ def test_cli_turns_transformers_bars_off_without_importing_it_and_keeps_them_wit
         out = subprocess.run([sys.executable, "-c", script, verbose], capture_output=True, text=True, timeout=300,
                              env=_env())
         assert out.stdout.strip() == expected, (verbose, out.stdout, out.stderr)
+
+
+def test_training_a_model_that_is_not_4bit_does_not_import_bitsandbytes(tmp_path, tiny_llm_dir) -> None:
+    """transformers' TrainingArguments import peft, whose helpers import bitsandbytes: `reamo train` printed its
+    CPU-kernel warning at every start. Only a 4-bit model needs it."""
+    rows = "\n".join(json.dumps({"id": f"t{i}", "messages": [
+        {"role": "system", "content": "Extract entities."},
+        {"role": "user", "content": f"Text: Rafael Nadal visits Paris {i}"},
+        {"role": "assistant", "content": "Entities: (Rafael Nadal, PER)(Paris, LOC)"}],
+        "task": ["ner"], "source": "test", "split": "train", "stage": 4}) for i in range(4))
+    (tmp_path / "data.jsonl").write_text(rows + "\n")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from reamo.model import ReamoConfig
+        from reamo.tuning.config import TrainConfig
+        from reamo.tuning.trainer import train
+        config = TrainConfig.from_dict({{
+            "stage": 4, "model": ReamoConfig(llm={str(tiny_llm_dir)!r}, encoder=None, modalities=[]).model_dump(),
+            "data": {{"files": [{str(tmp_path / "data.jsonl")!r}]}}, "output_dir": {str(tmp_path / "run")!r},
+            "max_steps": 1, "batch_size": 2, "bf16": False, "progress": False, "save_steps": 10}})
+        print("trained:", train(config).is_dir())
+        print("bitsandbytes imported:", sys.modules.get("bitsandbytes") is not None)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=_env())
+    assert out.returncode == 0, out.stderr
+    assert "trained: True" in out.stdout and "bitsandbytes imported: False" in out.stdout, out.stdout + out.stderr
+    assert "gemm_4bit" not in out.stderr, out.stderr

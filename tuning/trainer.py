@@ -99,11 +99,17 @@ def build_model(config: TrainConfig) -> ReamoModel:
     from reamo.quiet import bitsandbytes_hidden, filter_known_warnings
 
     filter_known_warnings()
-    four_bit = isinstance(config.model, ReamoConfig) and config.model.load_in_4bit
-    if not four_bit and not (isinstance(config.model, str) and _saved_4bit(config.model)):
+    if not uses_4bit(config):
         with bitsandbytes_hidden():
             return _build_model(config)
     return _build_model(config)
+
+
+def uses_4bit(config: TrainConfig) -> bool:
+    """Whether the model to tune is 4-bit (the only case that needs bitsandbytes)."""
+    if isinstance(config.model, ReamoConfig):
+        return bool(config.model.load_in_4bit)
+    return isinstance(config.model, str) and _saved_4bit(config.model)
 
 
 def _saved_4bit(folder: str) -> bool:
@@ -421,7 +427,14 @@ def check_writable(folder: Path) -> None:
 
 def train(config: TrainConfig) -> Path:
     """Run one stage; returns `<output_dir>/final`, the tuned model folder."""
-    from transformers import TrainingArguments, set_seed
+    from contextlib import nullcontext
+
+    from reamo.quiet import bitsandbytes_hidden
+
+    # transformers' training arguments import peft, whose helpers import bitsandbytes (a warning and a reach for
+    # the network on CPU): not for a model that is not 4-bit
+    with nullcontext() if uses_4bit(config) else bitsandbytes_hidden():
+        from transformers import Trainer, TrainingArguments, set_seed  # noqa: F401 - imported here, hidden
 
     refuse_eval_split(config.data.split)
     if config.threads:
