@@ -106,6 +106,10 @@ def _load_agent(model: str, max_new_tokens: int, **settings: Any):
         return Agent.from_pretrained(model, max_new_tokens=max_new_tokens, **settings)
 
 
+def _score_text(score: float | None) -> str:
+    return "-" if score is None else f"{score:.2f}"
+
+
 def print_result(result) -> None:
     """Entities, relations, events and tool calls as tables."""
     entities = Table(title="Entities", show_lines=False)
@@ -117,17 +121,19 @@ def print_result(result) -> None:
     console.print(entities)
     if "re" in result.tasks:
         relations = Table(title="Relations")
-        for column in ("head", "relation", "tail"):
+        for column in ("head", "relation", "tail", "margin"):
             relations.add_column(column)
-        for rel in result.relations:
-            relations.add_row(rel.head.text, rel.type, rel.tail.text)
+        for rel in result.relations:  # margin: how far the answer beat "None" (above the calibrated bias)
+            relations.add_row(rel.head.text, rel.type, rel.tail.text, _score_text(rel.score))
         console.print(relations)
     if "ee" in result.tasks:
         events = Table(title="Events")
-        for column in ("type", "trigger", "arguments"):
+        for column in ("type", "trigger", "arguments", "margin"):
             events.add_column(column)
         for event in result.events:
-            events.add_row(event.type, event.trigger.text, "; ".join(f"{a.role}: {a.entity.text}" for a in event.arguments))
+            events.add_row(event.type, event.trigger.text, "; ".join(
+                f"{a.role}: {a.entity.text}" + (f" ({a.score:.2f})" if a.score is not None else "")
+                for a in event.arguments), _score_text(event.score))
         console.print(events)
     if result.tool_results:
         tools = Table(title="Tool calls")

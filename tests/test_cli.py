@@ -151,3 +151,21 @@ def test_batch_checks_tasks_and_corpus_before_starting(tmp_path) -> None:
     result = runner.invoke(app, ["batch", "--corpus", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--corpus not found" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_printed_relations_and_events_show_their_margins(monkeypatch) -> None:
+    """Every decision shows the score it was kept with (how far it beat "None")."""
+    from rich.console import Console
+
+    import reamo.cli as cli
+    from reamo.schema import Argument, Event, Mention, Relation, Result
+
+    result = Result(text="Nadal met Federer", tasks=["ner", "re", "ee"], relations=[
+        Relation(head=Mention(text="Nadal"), type="peer", tail=Mention(text="Federer"), score=2.4213)],
+        events=[Event(type="Contact:Meet", trigger=Mention(text="met"), score=-0.351, arguments=[
+            Argument(role="Entity", entity=Mention(text="Nadal"), score=0.694)])])
+    console = Console(record=True, width=200)
+    monkeypatch.setattr(cli, "console", console)
+    cli.print_result(result)
+    text = console.export_text()
+    assert "margin" in text and "2.42" in text and "-0.35" in text and "Entity: Nadal (0.69)" in text
