@@ -27,6 +27,18 @@ if TYPE_CHECKING:
 _EVENTS_LINE = re.compile(r"^[ \t]*Events[ \t]*:", re.MULTILINE)
 
 
+def best_over_none(scores: Sequence[float]) -> tuple[int, float]:
+    """Scores of ["None", option 0, option 1, ...] -> (index of the most likely option, its margin over "None"):
+    the one rank-classification decision every relation, trigger and role choice makes."""
+    best = max(range(len(scores) - 1), key=lambda i: scores[i + 1])
+    return best, scores[best + 1] - scores[0]
+
+
+def segment_item(segment: "Segment", answers: list[str], media: dict | None) -> ScoringItem:
+    """The scoring item asking `segment`'s prompt to choose among `answers` ("None" first)."""
+    return ScoringItem(prompt=segment.prompt, prefix=segment.prefix, continuations=answers, media=media)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Relations of given pairs
 # ---------------------------------------------------------------------------------------------------------------
@@ -43,8 +55,7 @@ def pair_items(agent: "Agent", request: "PreparedRequest", pairs: Sequence[tuple
         segment = pair_prompt(agent, request, (head, tail))
         answers = [f"Relations: None{end}"] + [f"Relations: {format_relation(head, relation, tail)}{end}"
                                                 for relation in request.labels.relation_types]
-        items.append(ScoringItem(prompt=segment.prompt, prefix=segment.prefix, continuations=answers,
-                                 media=request.features))
+        items.append(segment_item(segment, answers, request.features))
     return items
 
 
@@ -61,9 +72,8 @@ def best_relations(agent: "Agent", requests: Sequence["PreparedRequest"]
         types = list(request.labels.relation_types)
         chosen = []
         for _ in request.pairs:
-            row = next(scores)
-            best = max(range(len(types)), key=lambda i: row[i + 1])
-            chosen.append((types[best], row[best + 1] - row[0]))
+            best, margin = best_over_none(next(scores))
+            chosen.append((types[best], margin))
         out.append(chosen)
     return out
 
@@ -204,15 +214,13 @@ def decide_relations(agent: "Agent", batch: Sequence[tuple["PreparedRequest", Re
                 segment = question_segment(agent, request, window, ("re",), pairs=[(head.text, tail.text)])
                 answers = [f"Relations: None{end}"] + [
                     f"Relations: {format_relation(head.text, relation, tail.text)}{end}" for relation in relations]
-                items.append(ScoringItem(prompt=segment.prompt, prefix=segment.prefix, continuations=answers,
-                                         media=request.features))
+                items.append(segment_item(segment, answers, request.features))
                 owners.append((row, index, head, tail, relations))
     best: dict[tuple[int, int], tuple[float, Entity, str, Entity]] = {}
     for (row, index, head, tail, relations), scores in zip(owners, agent.model.score_continuations(items)):
-        for position, relation in enumerate(relations):
-            margin = scores[position + 1] - scores[0]
-            if (row, index) not in best or margin > best[(row, index)][0]:
-                best[(row, index)] = (margin, head, relation, tail)
+        position, margin = best_over_none(scores)  # this direction's best; the other direction may beat it
+        if (row, index) not in best or margin > best[(row, index)][0]:
+            best[(row, index)] = (margin, head, relations[position], tail)
     for row, pairs in pairs_of.items():
         request, result = batch[row]
         chosen = []
@@ -257,13 +265,11 @@ def decide_events_by_scoring(agent: "Agent", batch: Sequence[tuple["PreparedRequ
             segment = question_segment(agent, request, window, ("ee",), question=trigger_question(candidate.text))
             answers = [f"Events: None{end}"] + [
                 f"Events: {format_event(Event(type=t, trigger=Mention(text=candidate.text)))}{end}" for t in types]
-            items.append(ScoringItem(prompt=segment.prompt, prefix=segment.prefix, continuations=answers,
-                                     media=request.features))
+            items.append(segment_item(segment, answers, request.features))
             owners.append((row, index, window, candidate, types))
     events: dict[int, list[Event]] = {row: [] for row in rows}
     for (row, index, window, candidate, types), scores in zip(owners, agent.model.score_continuations(items)):
-        best = max(range(len(types)), key=lambda i: scores[i + 1])
-        margin = scores[best + 1] - scores[0]
+        best, margin = best_over_none(scores)
         if margin > settings.trigger_none_bias:
             span = candidate.span
             trigger = Mention(text=candidate.text, span=TextSpan(start=span.start + window.start,
@@ -306,12 +312,10 @@ def _decide_arguments(agent: "Agent", batch: Sequence[tuple["PreparedRequest", R
                 answers = [f"Events: {format_event(bare)}{end}"] + [
                     f"Events: {format_event(bare.model_copy(update={'arguments': [Argument(role=role, entity=Mention(text=entity.text))]}))}{end}"
                     for role in roles]
-                items.append(ScoringItem(prompt=segment.prompt, prefix=segment.prefix, continuations=answers,
-                                         media=request.features))
+                items.append(segment_item(segment, answers, request.features))
                 owners.append((event, entity, roles))
     for (event, entity, roles), scores in zip(owners, agent.model.score_continuations(items)):
-        best = max(range(len(roles)), key=lambda i: scores[i + 1])
-        margin = scores[best + 1] - scores[0]
+        best, margin = best_over_none(scores)
         if margin > bias:
             event.arguments.append(Argument(role=roles[best], entity=Mention(text=entity.text, span=entity.span),
                                             score=margin))
