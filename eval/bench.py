@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from reamo.files import write_atomic
 from reamo.eval.throughput import measure_datasets
 from reamo.eval.throughput import render_markdown as render_datasets
 
@@ -396,18 +397,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(text)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 def run_bench(
     agent: Any = None,
     out_dir: str | os.PathLike[str] = "reamo-bench",
@@ -461,6 +450,6 @@ def run_bench(
     if in_process is not None:
         report["load"]["in_process_s"] = in_process
     report["memory"] = memory_now()
-    _write_text(out / "bench.json", json.dumps(report, indent=2))
-    _write_text(out / "bench.md", render_markdown(report))
+    write_atomic(out / "bench.json", json.dumps(report, indent=2))
+    write_atomic(out / "bench.md", render_markdown(report))
     return report

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+from reamo.files import write_atomic
 from reamo.eval.metrics import evaluate, relation_classification_scores
 from reamo.eval.runner import DATASETS, given_pair
 from tqdm.auto import tqdm
@@ -157,9 +158,7 @@ def write_setting(out: str | os.PathLike[str], key: str, value: float, about: st
     notes[key] = about
     notes[about_key] = details
     values["_about"] = notes
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(values, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(target)
+    write_atomic(target, json.dumps(values, indent=1) + "\n")
 
 
 # -- events ------------------------------------------------------------------------------------------------------

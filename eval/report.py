@@ -9,10 +9,10 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from reamo.files import write_atomic
 from reamo.eval.scoring import MISSED, SPURIOUS, EvalReport, MetricRow
 
 logger = logging.getLogger(__name__)
@@ -27,17 +27,6 @@ TASK_TITLES = {
     "mner": "MNER (span + type)",
     "eeg": "EEG (span + region)",
 }
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 def _pct(value: float) -> str:
@@ -178,7 +167,7 @@ def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
 def _save(figure, path: Path) -> None:  # type: ignore[no-untyped-def]
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    _write_bytes(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def plot_f1_per_type(report: EvalReport, task: str, path: Path) -> bool:
@@ -301,6 +290,6 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike[str], plots: boo
     out.mkdir(parents=True, exist_ok=True)
     images = write_plots(report, out) if plots else {}
     report.files = {"report": "report.md", "scores": "scores.json", **images}
-    _write_bytes(out / "report.md", render_markdown(report, images).encode("utf-8"))
-    _write_bytes(out / "scores.json", report.model_dump_json(indent=2).encode("utf-8"))
+    write_atomic(out / "report.md", render_markdown(report, images).encode("utf-8"))
+    write_atomic(out / "scores.json", report.model_dump_json(indent=2).encode("utf-8"))
     return {key: out / name for key, name in report.files.items()}

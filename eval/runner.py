@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from reamo.files import write_atomic
 from reamo.eval.scoring import EvalReport, score_system
 from tqdm.auto import tqdm
 
@@ -170,18 +170,7 @@ class PredictionStore:
         return lines
 
     def _rewrite(self, lines: Sequence[bytes]) -> None:
-        handle = tempfile.NamedTemporaryFile("wb", dir=self.path.parent, prefix=f".{self.path.name}.",
-                                             suffix=".tmp", delete=False)
-        try:
-            with handle:
-                for raw in lines:
-                    handle.write(raw + b"\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(handle.name, self.path)
-        except BaseException:
-            Path(handle.name).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, b"".join(raw + b"\n" for raw in lines), fsync=True)
 
     def append(self, line: PredictionLine) -> None:
         if self._handle is None:

@@ -8,7 +8,6 @@ dispatcher -> Result. The chain itself is `reamo.pipeline`; the Agent holds the 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal

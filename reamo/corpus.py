@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from reamo.files import atomic_path
 from reamo.errors import ConfigError, MissingDependencyError
 from reamo.schema import ALL_TASKS, DEFAULT_TASKS, Result
 
@@ -121,7 +122,7 @@ def read_results(output_dir: str | os.PathLike) -> dict[str, Result | str]:
     return out
 
 
-def _write_atomic(rows: dict[str, list[Any]], output_dir: Path) -> Path:
+def _write_part(rows: dict[str, list[Any]], output_dir: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -129,9 +130,8 @@ def _write_atomic(rows: dict[str, list[Any]], output_dir: Path) -> Path:
                         ("seconds", pa.float64())])
     table = pa.Table.from_pydict(rows, schema=schema)
     name = f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
-    temporary = output_dir / f".{name}.tmp"
-    pq.write_table(table, temporary)
-    os.replace(temporary, output_dir / name)
+    with atomic_path(output_dir / name) as temporary:
+        pq.write_table(table, temporary)
     return output_dir / name
 
 
@@ -200,7 +200,7 @@ class AgentActor:
                 else:
                     errors[r] = f"{type(outcome).__name__}: {outcome}"
                 seconds[r] += shared
-        _write_atomic({"id": ids, "result_json": results, "error": errors, "seconds": seconds}, self.output_dir)
+        _write_part({"id": ids, "result_json": results, "error": errors, "seconds": seconds}, self.output_dir)
         return {"id": np.array(ids, dtype=object), "ok": np.array([r is not None for r in results]),
                 "seconds": np.array(seconds)}
 

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import unicodedata
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,6 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from reamo.files import atomic_path
 from reamo.errors import ReamoError
 from reamo.schema import Argument, Box, Entity, Event, ImageRegion, Mention, NoRegion, Relation, Result, TextSpan
 
@@ -501,21 +501,12 @@ def read_dataset(source: Source, split: str, root: str | os.PathLike[str] | None
 def write_jsonl(examples: Iterable[BaseModel], path: str | os.PathLike[str]) -> int:
     """Write one record (Example or any pydantic model) JSON per line, atomically (temp file in the same folder,
     then rename); returns the count."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",
-                                         suffix=".tmp", delete=False)
     count = 0
-    try:
-        with handle:
-            for example in examples:
-                handle.write(example.model_dump_json())
-                handle.write("\n")
-                count += 1
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, temporary.open("w", encoding="utf-8") as handle:
+        for example in examples:
+            handle.write(example.model_dump_json())
+            handle.write("\n")
+            count += 1
     return count
 
 

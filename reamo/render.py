@@ -9,12 +9,12 @@ import hashlib
 import html
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from reamo.files import write_atomic
 from reamo.media import LoadedAudio, LoadedImage, LoadedVideo, MediaBundle
 from reamo.schema import Box, ImageRegion, Result, TimeSpan, Track
 
@@ -176,13 +176,6 @@ def draw_text_spans(result: Result) -> str:
     return '<div class="reamo-text" style="line-height: 1.8">' + "".join(parts) + "</div>"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(data)
-        temporary = handle.name
-    os.replace(temporary, path)
-
-
 def _png_bytes(picture: Image.Image) -> bytes:
     import io
 
@@ -197,7 +190,7 @@ def save_renderings(result: Result, media: MediaBundle, out_dir: str | os.PathLi
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     page = f"<!doctype html><meta charset='utf-8'><title>reamo</title>{draw_text_spans(result)}"
-    _atomic_write(folder / "text.html", page.encode("utf-8"))
+    write_atomic(folder / "text.html", page.encode("utf-8"))
     written.append(folder / "text.html")
     pictures = {
         "image.png": (lambda: draw_image(media.image, result)) if media.image is not None else None,
@@ -207,7 +200,7 @@ def save_renderings(result: Result, media: MediaBundle, out_dir: str | os.PathLi
     for name, make in pictures.items():
         if make is None:
             continue
-        _atomic_write(folder / name, _png_bytes(make()))
+        write_atomic(folder / name, _png_bytes(make()))
         written.append(folder / name)
     logger.info("wrote %d renderings to %s", len(written), folder)
     return written

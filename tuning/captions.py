@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from reamo.files import atomic_path
 from reamo.datasets import Example
 from reamo.tuning.data import InstructionExample, refuse_eval_split
 
@@ -79,9 +80,8 @@ def photo_pairs(cache_dir: str | os.PathLike[str], shared_images: str | os.PathL
         path = folder / f"skimage_{name}.png"
         if not path.is_file():
             array = getattr(skimage.data, name)()
-            partial = folder / f".{path.name}.{os.getpid()}.tmp.png"
-            Image.fromarray(array).convert("RGB").save(partial)
-            os.replace(partial, path)
+            with atomic_path(path, suffix=".png") as partial:
+                Image.fromarray(array).convert("RGB").save(partial)
         pairs.append(CaptionPair(modality="image", path=str(path), caption=caption, source="skimage"))
     if shared_images is not None:
         for name, caption in SHARED_IMAGE_CAPTIONS.items():

@@ -19,6 +19,7 @@ import soundfile
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
+from reamo.files import atomic_path
 from reamo.datasets import Example
 from reamo.tuning.data import BuildOptions, InstructionExample, refuse_eval_split
 from reamo.tuning.invocation import invocation_example
@@ -67,12 +68,8 @@ def speech_clips(
         digest = hashlib.sha1(f"{voice}|{speed}|{example.text}".encode("utf-8")).hexdigest()[:20]
         path = folder / f"{digest}.wav"
         if not path.is_file():
-            partial = folder / f".{digest}.{os.getpid()}.tmp.wav"
-            try:
+            with atomic_path(path, suffix=".wav") as partial:
                 synthesize_speech(example.text, partial, voice=voice, speed=speed)
-                os.replace(partial, path)
-            finally:
-                partial.unlink(missing_ok=True)
         info = soundfile.info(str(path))
         clips.append(SpeechClip(example_id=example.id, text=example.text, path=str(path), voice=voice, speed=speed,
                                 duration=info.frames / info.samplerate))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from reamo.files import write_atomic
 from reamo.errors import ConfigError, MissingDependencyError
 from reamo.kg.store import NODE_TABLES, REL_TABLES, GraphStore
 
@@ -163,18 +164,8 @@ def export_rdf(db_dir: str | os.PathLike[str], path: str | os.PathLike[str], fmt
         raise ConfigError(f"unknown RDF format {fmt!r}; use ttl or jsonld")
     kwargs: dict[str, Any] = {"context": {"reamo": VOCAB, "reamorel": REL_BASE}, "indent": 1} \
         if rdf_format == "json-ld" else {}
-    _write_atomic(Path(path), graph.serialize(format=rdf_format, **kwargs))
+    write_atomic(Path(path), graph.serialize(format=rdf_format, **kwargs))
     return len(graph)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,7 +221,7 @@ def cypher_statements(db_dir: str | os.PathLike[str]) -> Iterator[str]:
 def export_cypher(db_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> int:
     """Write a .cypher script (one statement per line, for `cypher-shell -f`); returns the number of statements."""
     lines = list(cypher_statements(db_dir))
-    _write_atomic(Path(path), "\n".join(lines) + "\n")
+    write_atomic(Path(path), "\n".join(lines) + "\n")
     return len(lines)
 
 

@@ -1,0 +1,44 @@
+"""Writing a file so that no reader ever sees half of it: the one helper every writer in Reamo uses.
+
+The data goes to a temporary name in the target's own folder (same file system, so the rename is atomic), then
+`os.replace` puts it in place; on any error the temporary file is removed and the old file, if any, is untouched.
+A killed run therefore leaves either the previous file or the complete new one, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path next to `path` for writers that want a file name (Pillow, pyarrow, a subprocess).
+
+    Whatever is written there becomes `path` when the block ends without error; `suffix` keeps the extension a
+    writer may infer the format from (e.g. ".png")."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    os.close(descriptor)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, fsync: bool = False) -> None:
+    """Write `data` (text as UTF-8) to `path` atomically; `fsync` also flushes it to disk before the rename, for
+    files a crash must not lose (resumable predictions)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(path) as temporary:
+        with temporary.open("wb") as handle:
+            handle.write(payload)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())

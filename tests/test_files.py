@@ -1,0 +1,38 @@
+"""The one atomic-write helper: a reader sees the old file or the whole new one, and nothing is left behind."""
+
+from pathlib import Path
+
+import pytest
+
+from reamo.files import atomic_path, write_atomic
+
+
+def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "out.json"
+    write_atomic(target, "first")
+    write_atomic(target, b"second", fsync=True)
+    assert target.read_text(encoding="utf-8") == "second"
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_a_failing_writer_keeps_the_old_file_and_removes_its_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "picture.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_path(target, suffix=".png") as temporary:
+            assert temporary.parent == target.parent and temporary.suffix == ".png"
+            temporary.write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["picture.png"]
+
+
+def test_callers_use_the_helper(tmp_path: Path) -> None:
+    """jsonlines written by the datasets module go through it (no stray temporary, complete content)."""
+    from reamo.datasets import write_jsonl
+    from reamo.schema import Entity
+
+    count = write_jsonl([Entity(text="Paris", type="LOC")] * 3, tmp_path / "e.jsonl")
+    assert count == 3
+    assert len((tmp_path / "e.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["e.jsonl"]
