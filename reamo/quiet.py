@@ -3,7 +3,9 @@
 Three sources, each handled as narrowly as the libraries allow:
 
 * transformers' "Loading weights" bar: a bar per model load, over in a fraction of a second for the default. The CLI
-  turns transformers' own progress bars off (`transformers.utils.logging.disable_progress_bar`) unless `-v`.
+  turns transformers' own progress bars off (`transformers.utils.logging.disable_progress_bar`) unless `-v`; the
+  Python API hides them only while the embedded default loads (`transformers_bars_hidden`) and leaves the caller's
+  setting as it was, so a 7B load still shows its progress.
 * peft (0.21) calls the deprecated `PreTrainedModel.is_gradient_checkpointing` when it wraps a model, so every
   adapter load warns `FutureWarning: is_gradient_checkpointing is deprecated` about peft's code, not ours. That one
   message of that category from that module is filtered; every other warning still shows.
@@ -115,3 +117,18 @@ def _clear_bitsandbytes_checks() -> None:
             check = getattr(module, name, None)
             if ("bnb" in name or "bitsandbytes" in name) and callable(getattr(check, "cache_clear", None)):
                 check.cache_clear()
+
+
+@contextlib.contextmanager
+def transformers_bars_hidden() -> Iterator[None]:
+    """transformers' progress bars off for one fast load, then back to what the caller had (on or off)."""
+    from transformers.utils import logging as transformers_logging
+
+    with _hide_lock:
+        was_enabled = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was_enabled:
+                transformers_logging.enable_progress_bar()

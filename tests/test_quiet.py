@@ -36,17 +36,20 @@ def test_loading_the_default_does_not_import_bitsandbytes() -> None:
         """
         import sys
         from reamo.agent import Agent
+        from transformers.utils import logging
         agent = Agent.from_pretrained("default")
         print("bitsandbytes imported:", "bitsandbytes" in sys.modules)
         print("adapter merged:", agent.model.adapter_merged)
+        print("caller's bars still on:", logging.is_progress_bar_enabled())
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=_env())
     assert out.returncode == 0, out.stderr
     assert "bitsandbytes imported: False" in out.stdout and "adapter merged: True" in out.stdout, out.stdout
-    for word in NOISE[1:]:  # (the library keeps transformers' loading bar; the CLI turns it off)
-        if word != "Loading weights":
-            assert word.lower() not in out.stderr.lower(), out.stderr
+    # the default's sub-second load shows no "Loading weights" bar, and the caller's bar setting is left as it was
+    assert "caller's bars still on: True" in out.stdout, out.stdout
+    for word in NOISE[1:]:
+        assert word.lower() not in out.stderr.lower(), out.stderr
     assert "FutureWarning" not in out.stderr, out.stderr
 
 

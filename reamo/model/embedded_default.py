@@ -145,10 +145,12 @@ def load_default_model(tuned: bool = True) -> tuple["ReamoModel", bool]:
     exactly as it was trained, and the base model with them.
     """
     from reamo.model.modeling_reamo import ReamoModel
-    from reamo.quiet import bitsandbytes_hidden, filter_known_warnings
+    from reamo.quiet import bitsandbytes_hidden, filter_known_warnings, transformers_bars_hidden
 
     filter_known_warnings()  # peft's use of a deprecated transformers property, see reamo/quiet.py
-    with bitsandbytes_hidden():  # never 4-bit: peft would import bitsandbytes, which reaches for the network
+    # never 4-bit: peft would import bitsandbytes, which reaches for the network; the load takes under a second,
+    # so transformers' "Loading weights" bar is noise here
+    with bitsandbytes_hidden(), transformers_bars_hidden():
         model = ReamoModel.from_config(default_config())
         if tuned and (SHIPPED_ADAPTER / "adapter_model.safetensors").is_file():
             from peft import PeftModel
