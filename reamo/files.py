@@ -1,4 +1,5 @@
-"""Writing a file so that no reader ever sees half of it: the one helper every writer in Reamo uses.
+"""Where Reamo keeps files on a user's machine, and writing a file so that no reader ever sees half of it: the one
+helper for each job, used by every module (model caches, Whisper, ImageBind, tuning data; every writer).
 
 The data goes to a temporary name in the target's own folder (same file system, so the rename is atomic), then
 `os.replace` puts it in place; on any error the temporary file is removed and the old file, if any, is untouched.
@@ -12,6 +13,27 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """REAMO_CACHE_DIR if set, else the platform's user cache folder (e.g. ~/.cache/reamo): dequantized models,
+    converted Whisper, ImageBind checkpoints, synthesized speech."""
+    root = os.environ.get("REAMO_CACHE_DIR")
+    if root:
+        return Path(root).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("reamo"))
+
+
+def user_config_dir() -> Path:
+    """REAMO_CONFIG_DIR if set, else the platform's user config folder (e.g. ~/.config/reamo): calibrated settings."""
+    root = os.environ.get("REAMO_CONFIG_DIR")
+    if root:
+        return Path(root).expanduser()
+    from platformdirs import user_config_dir as platform_config_dir
+
+    return Path(platform_config_dir("reamo"))
 
 
 @contextmanager

@@ -209,10 +209,11 @@ def describe(modality: str, item: Any) -> str:
     return describe_video(item)
 
 
-def media_inputs(agent: "Agent", media: MediaBundle,
-                 problems: list[Problem]) -> tuple[list[str], dict[str, list[Any]], dict[str, str]]:
-    """Encoded media (placeholders + projected features) and tool-made text context for the rest, per modality; a
-    describer that fails costs its context line (named in `problems`), not the request."""
+def media_inputs(agent: "Agent", media: MediaBundle, problems: list[Problem],
+                 no_context: frozenset[str] = frozenset()) -> tuple[list[str], dict[str, list[Any]], dict[str, str]]:
+    """Encoded media (placeholders + projected features) and tool-made text context for the rest, per modality
+    (except those in `no_context`, which the caller reads another way); a describer that fails costs its context
+    line (named in `problems`), not the request."""
     placeholders: list[str] = []
     features: dict[str, list[Any]] = {}
     context: dict[str, str] = {}
@@ -227,6 +228,8 @@ def media_inputs(agent: "Agent", media: MediaBundle,
                           "audio": encoder.preprocess_audio}[modality]
             features[modality] = [model.encode_media(modality, preprocess(item).unsqueeze(0))[0]]
             placeholders.append(modality)
+            continue
+        if modality in no_context:
             continue
         try:
             context[modality] = describe(modality, item)
@@ -254,15 +257,23 @@ def prepare(agent: "Agent", request: ExtractionInput) -> PreparedRequest:
         text = default_transcriber().transcribe(media.audio).text.strip()
         timings["transcribe"] = time.perf_counter() - mark
     problems: list[Problem] = []
-    placeholders, features, contexts = media_inputs(agent, media, problems)
+    # text and audio without an audio encoder: the text is what the user wrote, so entities come from it, never
+    # from a misheard copy of a name in the transcript (which then aligns nowhere); the transcript is read as its
+    # own segment, which grounds them and adds only what the text lacks, not as a context line
+    transcript_segment = bool(request.text.strip()) and media.audio is not None \
+        and "audio" not in model.encoded_modalities
+    placeholders, features, contexts = media_inputs(
+        agent, media, problems, no_context=frozenset({"audio"}) if transcript_segment else frozenset())
     transcript = ""
-    if request.text.strip() and "audio" in contexts:
-        # the text is what the user wrote: entities come from it, never from a misheard copy of a name in the
-        # transcript (which then aligns nowhere); the transcript grounds them and adds only what the text lacks
-        contexts.pop("audio")
+    if transcript_segment:
         from reamo.tools.audio import default_transcriber
 
-        transcript = default_transcriber().transcribe(media.audio).text.strip()
+        try:
+            transcript = default_transcriber().transcribe(media.audio).text.strip()
+        except Exception as error:  # noqa: BLE001 - as a describer's failure: the text is still extracted
+            logger.warning("transcribing the audio failed: %s: %s", type(error).__name__, error)
+            problems.append(Problem(stage="media", message=f"could not transcribe the audio ({type(error).__name__}: "
+                                    f"{error}); extracting from the text alone"))
     context = "\n".join(c for c in contexts.values() if c)
     timings["media_context"] = time.perf_counter() - mark
     given = [m for m in ("image", "video", "audio") if getattr(media, m) is not None]

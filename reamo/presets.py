@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reamo.errors import CheckpointNotFoundError, ConfigError
 from reamo.model import LoraSettings, ReamoConfig
-from reamo.model.embedded_default import cache_root
+from reamo.files import cache_root
 from reamo.model.imagebind_encoder import ImageBindEncoderConfig
 
 Component = Literal["llm", "imagebind", "sam2"]

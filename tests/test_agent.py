@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -10,7 +9,6 @@ from reamo.agent import Agent, AgentSettings
 from reamo.errors import ConfigError
 from reamo.media import MediaBundle, load_audio
 from reamo.model import ReamoConfig, ReamoModel
-from reamo.prompting import resolve_labels
 from reamo.schema import Labels, NoRegion, Result, TimeSpan
 from reamo.tools.registry import ToolRegistry
 
@@ -295,14 +293,17 @@ def test_with_text_and_audio_entities_come_from_the_text_and_the_transcript_adds
     from reamo.tools import audio as audio_tools
 
     heard = "Tim Cock met Olaf Scholz and Greta Thunberg in Berlin."
+    asked = []
 
     class Heard:
         def transcribe(self, audio: object) -> audio_tools.Transcript:
+            asked.append(audio)
             return audio_tools.Transcript(text=heard)
 
     monkeypatch.setattr(audio_tools, "default_transcriber", lambda: Heard())
     text = "Tim Cook met Olaf Scholz in Berlin."
     request = tiny_agent.prepare(text, audio=np.zeros(16000, dtype=np.float32), tasks=("ner",))
+    assert len(asked) == 1  # no context line is built and thrown away: the transcript is read once, as a segment
     texts, transcripts = request.text_segments, [s for s in request.segments if s.transcript]
     assert len(texts) == 1 and "Tim Cock" not in texts[0].prompt and "Text: Tim Cook met" in texts[0].prompt
     assert len(transcripts) == 1 and transcripts[0].window.text == heard
@@ -313,6 +314,16 @@ def test_with_text_and_audio_entities_come_from_the_text_and_the_transcript_adds
     assert set(found) == {"Tim Cook", "Olaf Scholz", "Berlin", "Greta Thunberg"}  # "Tim Cock" is Tim Cook, misheard
     assert found["Greta Thunberg"] is None and text[found["Tim Cook"].start:found["Tim Cook"].end] == "Tim Cook"
     assert any("heard in the audio" in p.message and "Greta Thunberg" in p.message for p in result.problems)
+
+    class Deaf:
+        def transcribe(self, audio: object) -> audio_tools.Transcript:
+            raise RuntimeError("decoder crashed")
+
+    monkeypatch.setattr(audio_tools, "default_transcriber", lambda: Deaf())
+    request = tiny_agent.prepare(text, audio=np.zeros(16000, dtype=np.float32), tasks=("ner",))
+    assert len(request.segments) == 1 and not request.segments[0].transcript
+    assert any("could not transcribe the audio" in p.message and "decoder crashed" in p.message
+               for p in request.problems)
 
 
 def test_bad_arguments_are_refused_before_any_model_work(tiny_agent: Agent) -> None:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from reamo.cli import _DEFAULT_RECIPES
 from reamo.errors import ConfigError
 from reamo.eval.calibrate import write_setting
+from reamo import files
 from reamo.model import embedded_default
 
 REPO_SHIPPED = embedded_default.SHIPPED_SETTINGS
@@ -35,7 +36,7 @@ def shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_user_settings_live_in_the_config_folder(config_dir: Path) -> None:
-    assert embedded_default.user_config_dir() == config_dir
+    assert files.user_config_dir() == config_dir
     assert embedded_default.user_settings_path() == config_dir / "settings.json"
 
 

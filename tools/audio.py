@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import Field
 
 from reamo.errors import CheckpointNotFoundError, MediaError, MissingDependencyError
+from reamo.files import cache_root
 from reamo.media import SAMPLE_RATE, LoadedAudio, MediaBundle
 from reamo.schema import Grounding, NoRegion, Record, TimeSpan
 
@@ -65,16 +66,6 @@ class Transcript(Record):
 # ---------------------------------------------------------------------------------------------------------------
 # Whisper model files
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    """`$REAMO_CACHE_DIR` if set, else the per-user cache directory."""
-    override = os.environ.get("REAMO_CACHE_DIR")
-    if override:
-        return Path(override).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("reamo"))
 
 
 _ASSEMBLE_LOCK = threading.Lock()

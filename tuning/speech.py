@@ -44,7 +44,7 @@ class SpeechClip(BaseModel):
 
 
 def default_speech_cache() -> Path:
-    from reamo.model.embedded_default import cache_root
+    from reamo.files import cache_root
 
     return cache_root() / "speech"
 

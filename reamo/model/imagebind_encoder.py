@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import sys
 import types
 from pathlib import Path
@@ -41,12 +40,9 @@ VIDEO_CLIPS = 5
 
 
 def default_checkpoint_path() -> Path:
-    root = os.environ.get("REAMO_CACHE_DIR")
-    if root:
-        return Path(root) / "imagebind" / "imagebind_huge.pth"
-    from platformdirs import user_cache_dir
+    from reamo.files import cache_root
 
-    return Path(user_cache_dir("reamo")) / "imagebind" / "imagebind_huge.pth"
+    return cache_root() / "imagebind" / "imagebind_huge.pth"
 
 
 class ImageBindEncoderConfig(BaseModel):
