@@ -23,9 +23,12 @@ from reamo.model import ReamoModel
 from reamo.model.embedded_default import (
     BASE_NAMES,
     DEFAULT_NAMES,
+    GEMMA_NAMES,
     LEXICON_NAME,
+    SETTINGS_NAME,
     SHIPPED_LEXICON,
     load_default_model,
+    read_settings,
     shipped_settings,
 )
 from reamo.pipeline import PreparedRequest, load_media_bundle, validate_request
@@ -130,10 +133,11 @@ class Agent:
     @classmethod
     def from_pretrained(cls, name_or_path: str = "default", **settings: Any) -> "Agent":
         """'default' = the embedded default (offline, CPU; tuned adapter when shipped), 'default-base' = its untuned
-        base prompted few-shot; otherwise a folder written by `ReamoModel.save_pretrained`."""
+        base prompted few-shot, 'gemma3-270m' = the Gemma-3-270M base prompted few-shot (`reamo[gemma]`); otherwise
+        a folder written by `ReamoModel.save_pretrained`, with the settings.json and trigger lexicon found in it."""
         lexicon_file = None
-        if name_or_path in DEFAULT_NAMES or name_or_path in BASE_NAMES:
-            model, tuned = load_default_model(tuned=name_or_path in DEFAULT_NAMES)
+        if name_or_path in DEFAULT_NAMES or name_or_path in BASE_NAMES or name_or_path in GEMMA_NAMES:
+            model, tuned = load_default_model(tuned=name_or_path in DEFAULT_NAMES, name=name_or_path)
             settings.setdefault("few_shot", not tuned)  # a tuned model is prompted as it was trained
             if tuned:
                 for key, value in shipped_settings().items():
@@ -142,7 +146,11 @@ class Agent:
         else:
             model = ReamoModel.from_pretrained(name_or_path)
             settings.setdefault("few_shot", False)
-            lexicon_file = Path(name_or_path).expanduser() / LEXICON_NAME
+            folder = Path(name_or_path).expanduser()
+            lexicon_file = folder / LEXICON_NAME
+            if (folder / SETTINGS_NAME).is_file():  # `reamo calibrate-* --model F --out F/settings.json`
+                for key, value in read_settings(folder / SETTINGS_NAME).items():
+                    settings.setdefault(key, value)
         checked = AgentSettings(**settings)
         model.prepare_for_inference(checked.precision)
         lexicon = TriggerLexicon.load(lexicon_file) if lexicon_file is not None and lexicon_file.is_file() else None

@@ -78,3 +78,36 @@ def test_chatml_literal_and_tools_in_system(tokenizer) -> None:
 def test_unknown_template_name_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="shipped templates"):
         load_chat_template("alpaca")
+
+
+def test_gemma_turns_put_the_system_text_in_the_first_user_turn(tokenizer) -> None:
+    """Gemma has no system role: the system text opens the first user turn; the assistant's role is "model"."""
+    messages = [
+        {"role": "system", "content": "Extract entities."},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Text: Nadal in Paris"}]},
+        {"role": "assistant", "content": "Entities: (Nadal, PER)(Paris, LOC)",
+         "tool_calls": [{"type": "function", "function": {"name": "ImageSegmentation", "arguments": {"target": "Nadal"}}}]},
+        {"role": "user", "content": "Text: Messi in Miami"},
+    ]
+    expected = (
+        "<start_of_turn>user\nExtract entities.\n\n<image>\nText: Nadal in Paris<end_of_turn>\n"
+        "<start_of_turn>model\nEntities: (Nadal, PER)(Paris, LOC)\n"
+        "<Module>ImageSegmentation</Module><Instruction>Nadal</Instruction><end_of_turn>\n"
+        "<start_of_turn>user\nText: Messi in Miami<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert render(tokenizer, "gemma_reamo", messages) == expected
+    # a system message alone (the shared prompt start the agent caches) is still written, as a user turn
+    alone = tokenizer.apply_chat_template(messages[:1], chat_template=load_chat_template("gemma_reamo"),
+                                          tokenize=False, add_generation_prompt=False)
+    assert alone == "<start_of_turn>user\nExtract entities.<end_of_turn>\n"
+
+
+def test_gemma_prompt_is_the_start_of_the_trained_text(tokenizer) -> None:
+    """What tuning needs of every template: the generation prompt is a prefix of the prompt + answer rendering."""
+    messages = [{"role": "system", "content": "Extract."}, {"role": "user", "content": "Text: Nadal"},
+                {"role": "assistant", "content": "Entities: (Nadal, PER)"}]
+    template = load_chat_template("gemma_reamo")
+    prompt = tokenizer.apply_chat_template(messages[:-1], chat_template=template, tokenize=False,
+                                           add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+    assert full.startswith(prompt) and full[len(prompt):] == "Entities: (Nadal, PER)<end_of_turn>\n"

@@ -122,3 +122,27 @@ def test_training_a_model_that_is_not_4bit_does_not_import_bitsandbytes(tmp_path
     assert out.returncode == 0, out.stderr
     assert "trained: True" in out.stdout and "bitsandbytes imported: False" in out.stdout, out.stdout + out.stderr
     assert "gemm_4bit" not in out.stderr, out.stderr
+
+
+def test_loading_a_tuned_model_folder_is_as_quiet_as_the_default(tmp_path, tiny_llm_dir) -> None:
+    """A user's own tuned model (`Agent.from_pretrained(folder)`, not 4-bit) loaded peft with bitsandbytes visible:
+    the CPU-kernel warning and peft's FutureWarning at every load. Now the folder loads as quietly as the default."""
+    from reamo.model import ReamoConfig, ReamoModel
+    from reamo.model.modeling_reamo import LoraSettings
+
+    config = ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[], lora=LoraSettings(r=4))
+    folder = ReamoModel.from_config(config).save_pretrained(tmp_path / "tuned")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from reamo.agent import Agent
+        agent = Agent.from_pretrained({str(folder)!r})
+        print("lora:", hasattr(agent.model.llm, "peft_config") or agent.model.adapter_merged)
+        print("bitsandbytes imported:", sys.modules.get("bitsandbytes") is not None)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=_env())
+    assert out.returncode == 0, out.stderr
+    assert "lora: True" in out.stdout and "bitsandbytes imported: False" in out.stdout, out.stdout + out.stderr
+    for word in ("gemm_4bit", "kernels-community", "FutureWarning", "Traceback"):
+        assert word not in out.stderr, out.stderr

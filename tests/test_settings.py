@@ -101,3 +101,20 @@ def test_calibrate_defaults_write_the_user_file_and_read_the_packaged_recipes(
 
     result = CliRunner().invoke(app, ["calibrate-events", "--config", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "--config file not found" in result.output
+
+
+def test_a_tuned_model_folder_carries_its_calibrated_settings(tmp_path: Path, tiny_llm_dir) -> None:
+    """`reamo calibrate-* --model F --out F/settings.json`: the margins travel with the model they were fitted to,
+    and an explicit argument still wins."""
+    from reamo.agent import Agent
+    from reamo.model import ReamoConfig, ReamoModel
+
+    folder = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[])).save_pretrained(
+        tmp_path / "tuned")
+    assert Agent.from_pretrained(str(folder)).settings.pair_none_bias != -0.25
+    write_setting(folder / "settings.json", "pair_none_bias", -0.25, "test", {"n": 1}, about_key="calibration")
+    assert Agent.from_pretrained(str(folder)).settings.pair_none_bias == -0.25
+    assert Agent.from_pretrained(str(folder), pair_none_bias=0.5).settings.pair_none_bias == 0.5
+    (folder / "settings.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ConfigError, match="settings.json: agent settings must be a JSON object"):
+        Agent.from_pretrained(str(folder))

