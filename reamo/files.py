@@ -8,6 +8,7 @@ A killed run therefore leaves either the previous file or the complete new one, 
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -49,9 +50,19 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     temporary = Path(name)
     try:
         yield temporary
+        # mkstemp makes the file private (0600); the result gets the mode any new file would get
+        os.chmod(temporary, 0o666 & ~_process_umask())
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _process_umask() -> int:
+    """The process's umask, read once (reading it means setting it, which must not race later file creation)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, fsync: bool = False) -> None:

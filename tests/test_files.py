@@ -36,3 +36,14 @@ def test_callers_use_the_helper(tmp_path: Path) -> None:
     assert count == 3
     assert len((tmp_path / "e.jsonl").read_text(encoding="utf-8").splitlines()) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["e.jsonl"]
+
+
+def test_written_files_get_the_mode_of_any_new_file_not_a_private_one(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_atomic(tmp_path / "report.md", "# scores")
+    (tmp_path / "plain.md").write_text("# scores")
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == (tmp_path / "plain.md").stat().st_mode & 0o777
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o666 & ~mask
