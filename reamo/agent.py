@@ -21,9 +21,8 @@ from reamo.errors import ConfigError, ExtractionError
 from reamo.media import MediaBundle, MediaLimits
 from reamo.model import ReamoModel
 from reamo.model.embedded_default import (
-    BASE_NAMES,
     DEFAULT_NAMES,
-    GEMMA_NAMES,
+    EMBEDDED_NAMES,
     LEXICON_NAME,
     SETTINGS_NAME,
     SHIPPED_LEXICON,
@@ -136,7 +135,7 @@ class Agent:
         base prompted few-shot, 'gemma3-270m' = the Gemma-3-270M base prompted few-shot (`reamo[gemma]`); otherwise
         a folder written by `ReamoModel.save_pretrained`, with the settings.json and trigger lexicon found in it."""
         lexicon_file = None
-        if name_or_path in DEFAULT_NAMES or name_or_path in BASE_NAMES or name_or_path in GEMMA_NAMES:
+        if name_or_path in EMBEDDED_NAMES:
             model, tuned = load_default_model(tuned=name_or_path in DEFAULT_NAMES, name=name_or_path)
             settings.setdefault("few_shot", not tuned)  # a tuned model is prompted as it was trained
             if tuned:

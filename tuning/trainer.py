@@ -40,6 +40,7 @@ from torch import nn
 
 from reamo.errors import ConfigError
 from reamo.model import ReamoConfig, ReamoModel
+from reamo.model.embedded_default import EMBEDDED_NAMES, embedded_base_config
 from reamo.model.modeling_reamo import ADAPTER_DIR, PROJECTOR_NAME
 
 logger = logging.getLogger(__name__)
@@ -121,20 +122,10 @@ def _saved_4bit(folder: str) -> bool:
         return False
 
 
-def embedded_base_config_name(name: str) -> bool:
-    """Whether `model:` names an embedded base to tune from scratch ("default", "smollm2-135m-instruct",
-    "gemma3-270m"); the shipped adapter has its own name (`SHIPPED_DEFAULT`)."""
-    from reamo.model.embedded_default import BASE_NAMES, DEFAULT_NAMES, GEMMA_NAMES
-
-    return name in DEFAULT_NAMES or name in BASE_NAMES or name in GEMMA_NAMES
-
-
 def _build_model(config: TrainConfig) -> ReamoModel:
     if isinstance(config.model, ReamoConfig):
         model = ReamoModel.from_config(config.model, training=True)
-    elif embedded_base_config_name(config.model):
-        from reamo.model.embedded_default import embedded_base_config
-
+    elif config.model in EMBEDDED_NAMES:  # an embedded base ("default", "gemma3-270m", ...) tuned from scratch
         model = ReamoModel.from_config(embedded_base_config(config.model), training=True)
     elif config.model == SHIPPED_DEFAULT:
         # the embedded default with the adapter shipped in the package, trainable: a new pass continues the

@@ -37,6 +37,7 @@ BASE_NAMES = ("default-base", "smollm2-135m-instruct")  # the untuned base model
 # by Reamo; issue 25 measured it against the default (weights/default/MODEL_CARD.md)
 GEMMA_NAMES = ("gemma3-270m",)
 GEMMA_CACHE_NAME = "gemma3-270m"
+EMBEDDED_NAMES = DEFAULT_NAMES + BASE_NAMES + GEMMA_NAMES  # every name that is not a model folder
 # The tuned LoRA adapter shipped in the repository (four-stage tuning, see weights/default/MODEL_CARD.md)
 SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "weights" / "default" / "adapter"
 # Agent settings calibrated for that adapter (e.g. the given-pair relation threshold), shipped with the package
@@ -182,7 +183,7 @@ def load_default_model(tuned: bool = True, name: str = "default") -> tuple["Ream
     """
     config = embedded_base_config(name)
     if config is None:
-        known = ", ".join(DEFAULT_NAMES + BASE_NAMES + GEMMA_NAMES)
+        known = ", ".join(EMBEDDED_NAMES)
         raise ConfigError(f"{name!r} is not an embedded model; known: {known}")
     tuned = tuned and name in DEFAULT_NAMES
     from reamo.model.modeling_reamo import ReamoModel
