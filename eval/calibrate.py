@@ -391,9 +391,9 @@ def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLi
     kept_arguments = [a for m, _, args in scored if m > triggers.bias for a in args]
     arguments = best_threshold(kept_arguments, n_arguments, len(examples))
     names = _recipe_names(recipes)
+    triggers, arguments = (c.model_copy(update={"n_excluded_texts": len(excluded)}) for c in (triggers, arguments))
     for key, calibration, what in (("trigger_none_bias", triggers, "trigger"), ("argument_none_bias", arguments,
                                                                                  "argument")):
-        calibration = calibration.model_copy(update={"n_excluded_texts": len(excluded)})
         write_setting(out, key, calibration.bias, (
             f"calibrated on {len(examples)} M2E2 train sentences of the calibration slice no tuning pass trained on "
             f"({names}; seed {seed}; {calibration.n_gold} gold {what}s): {what} F1 {calibration.f1:.3f} there "

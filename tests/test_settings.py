@@ -118,3 +118,24 @@ def test_a_tuned_model_folder_carries_its_calibrated_settings(tmp_path: Path, ti
     (folder / "settings.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ConfigError, match="settings.json: agent settings must be a JSON object"):
         Agent.from_pretrained(str(folder))
+
+
+def test_event_calibration_reports_what_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`reamo calibrate-events` prints the calibrations it returns: they must say how many training sentences were
+    kept out, as the written settings.json does (the printed copy said 0)."""
+    from types import SimpleNamespace
+
+    from reamo.eval import calibrate
+
+    monkeypatch.setattr(calibrate, "training_texts", lambda recipes: {"a", "b", "c"})
+    monkeypatch.setattr(calibrate, "held_out_m2e2_sentences", lambda excluded, limit, seed=0: ["s1", "s2"])
+    scored = [(1.0, True, [(0.5, True), (-2.0, False)]), (-1.0, False, [(0.3, False)])]
+    monkeypatch.setattr(calibrate, "score_event_decisions", lambda agent, examples: (scored, 1, 1))
+    agent = SimpleNamespace(settings=SimpleNamespace(trigger_none_bias=None, argument_none_bias=None))
+    out = tmp_path / "settings.json"
+    result = calibrate.calibrate_event_decisions(agent, [tmp_path / "r.yaml"], out)
+    written = json.loads(out.read_text())["_about"]
+    for what in ("trigger", "argument"):
+        assert result[what].n_excluded_texts == 3
+        assert written[f"{what}_calibration"] == result[what].model_dump()
+    assert result["trigger"].f1 == 1.0 and result["trigger"].bias > -1.0
