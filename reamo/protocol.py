@@ -79,7 +79,12 @@ def format_entity(text: str, type_: str) -> str:
 
 
 def format_relation(head: str, type_: str, tail: str) -> str:
-    return f"({escape(head)}, {escape(type_)}, {escape(tail)})"
+    return f"{format_relation_start(head, type_)} {escape(tail)})"
+
+
+def format_relation_start(head: str, type_: str) -> str:
+    """A relation as written up to its type: the part of the answer that differs between relations of one pair."""
+    return f"({escape(head)}, {escape(type_)},"
 
 
 def format_event(event: Event) -> str:

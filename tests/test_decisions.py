@@ -98,7 +98,7 @@ def test_relations_are_the_best_scored_pair_and_direction_above_the_margin(agent
                                            pairs=[(relation.head.text, relation.tail.text)])
                 scores = agent.model.continuation_logprobs(segment.prompt, None, [
                     f"Relations: None{end}",
-                    f"Relations: ({relation.head.text}, {relation.type}, {relation.tail.text}){end}"])
+                    f"Relations: ({relation.head.text}, {relation.type},"])
                 assert relation.score == pytest.approx(scores[1] - scores[0], abs=1e-3)
         margins = sorted(r.score for r in result.relations)
         agent.settings.triple_none_bias = margins[0] + 1e-3  # the weakest one falls below the margin
@@ -203,3 +203,24 @@ def test_events_are_asked_for_not_a_default_task() -> None:
     assert validate_request(text="Rafael Nadal won.").tasks == ("ner", "re")
     assert validate_request(text="Rafael Nadal won.", tasks="ner,ee").tasks == ("ner", "ee")
     assert UIExample(label="x", text="y").tasks == ["ner", "re"]
+
+
+@pytest.mark.parametrize("which", ["tiny", "default"])
+def test_relation_answers_stop_at_a_token_boundary_of_the_full_answer(which: str, agent: Agent) -> None:
+    """A relation is scored up to its name (`relation_answers`): the log-likelihood of those tokens is then exactly
+    the start of the full answer's, only if the cut answer tokenizes as a prefix of the full one."""
+    from reamo.decisions import relation_answers
+    from reamo.protocol import format_relation
+
+    tokenizer = agent.model.tokenizer if which == "tiny" else Agent.from_pretrained("default").model.tokenizer
+    end = tokenizer.eos_token or ""
+    for head, relation, tail in [("@GoldenKnights", "member_of", "Western Conference Final"),
+                                 ("Obama", "peer", "Biden"), ("NHL", "locate_at", "#StanleyCup"),
+                                 ("Smith, John", "/per/per/couple", "Mary (Jr.)"), ("a", "present_in", "b")]:
+        none, cut = relation_answers(head, [relation], end)
+        assert none == f"Relations: None{end}"
+        full = f"Relations: {format_relation(head, relation, tail)}{end}"
+        assert full.startswith(cut) and relation in cut and tail not in cut
+        cut_ids = tokenizer(cut, add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        assert full_ids[:len(cut_ids)] == cut_ids and len(cut_ids) < len(full_ids)
