@@ -151,3 +151,31 @@ def test_greedy_loop_that_drops_finished_rows_matches_transformers_generate(mode
         assert looped == reference
     finally:
         head.weight.data[eos] = original
+
+
+def test_items_that_fit_share_one_forward(model: ReamoModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk is sized by the tree nodes an item can add (its prompt rest once, plus its answers), not by the rest
+    counted once per answer: that overcount put every MNRE pair (24 answers) in a forward of its own."""
+    prompts, prefixes = zip(*(prompt_and_prefix(model, t) for t in TEXTS))
+    answers = [f"Relations: (Rafael Nadal, {r}," for r in ("peer", "couple", "member_of", "locate_at", "alumni")]
+    items = [ScoringItem(prompt=p, prefix=f, continuations=["Relations: None</s>", *answers])
+             for p, f in zip(prompts, prefixes)]
+    rests = [len(ids) - model.shared_prefix_length(ids, f)
+             for ids, f in ((model.tokenize_with_placeholders(p), f) for p, f in zip(prompts, prefixes))]
+    answer_tokens = sum(len(model.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in items[0].continuations)
+    budget = sum(rest + answer_tokens for rest in rests)  # what the items can add to a tree, all together
+    old_counts = [(len(answers) + 1) * rest + answer_tokens for rest in rests]
+    assert old_counts[0] + old_counts[1] > budget  # counted the old way, not even two items would share a forward
+    chunks: list[int] = []
+    score_tree = ReamoModel._score_tree
+
+    def spy(self, prefix_length, key_values, chunk, out):  # noqa: ANN001 - test double
+        chunks.append(len(chunk))
+        return score_tree(self, prefix_length, key_values, chunk, out)
+
+    monkeypatch.setattr(ReamoModel, "_score_tree", spy)
+    together = model.score_continuations(items, max_tree_tokens=budget)
+    assert chunks == [len(items)]
+    for item, row in zip(items, together, strict=True):
+        for answer, score in zip(item.continuations, row, strict=True):
+            assert score == pytest.approx(reference_logprob(model, item.prompt, answer), abs=1e-4)

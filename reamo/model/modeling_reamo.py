@@ -715,7 +715,7 @@ class ReamoModel(nn.Module):
                 size = 0
                 for index, rest in members:
                     answers = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in items[index].continuations]
-                    tokens = sum(len(rest) + len(a) for a in answers)
+                    tokens = len(rest) + sum(len(a) for a in answers)  # at most this many tree nodes
                     if chunk and size + tokens > max_tree_tokens:
                         self._score_tree(len(key), key_values, chunk, out)
                         chunk, size = [], 0
