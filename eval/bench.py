@@ -433,7 +433,7 @@ def run_bench(
     report: dict[str, Any] = {
         "settings": {"repeats": repeats, "quick": quick, "model": model, "latency_max_new_tokens": latency_tokens,
                      "generation_new_tokens": generation_tokens, "kinds": list(kinds), "audio_seconds": AUDIO_SECONDS,
-                     "precision": agent.settings.precision,
+                     "precision": agent.settings.precision, "draft_tokens": agent.settings.draft_tokens,
                      "video_seconds": VIDEO_SECONDS},
         "environment": _environment(agent),
     }

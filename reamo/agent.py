@@ -95,6 +95,10 @@ class AgentSettings(BaseModel):
     max_pairs: int = Field(default=30, ge=1, description="entity pairs per window asked about, nearest first")
     media_limits: MediaLimits = Field(default_factory=MediaLimits)
     batch_size: int = Field(default=32, ge=1, description="windows generated together in one batch")
+    draft_tokens: int = Field(default=4, ge=0, le=64, description="prompt-lookup speculative decoding: once few "
+                              "windows are left writing (a single request, a batch's tail), each forward pass also "
+                              "checks up to this many tokens copied from the prompt (reamo.model.prompt_lookup): the "
+                              "same greedy answer in fewer passes; 0 = one token per pass")
     precision: Literal["float32", "bfloat16", "auto"] = Field(
         default="float32",
         description="inference precision `from_pretrained` sets (ReamoModel.prepare_for_inference): float32 = the "

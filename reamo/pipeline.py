@@ -352,7 +352,7 @@ def generate_segments(agent: "Agent", jobs: list[tuple[PreparedRequest, Segment]
         done = agent.model.generations(
             [jobs[i][1].prompt for i in rows], [jobs[i][0].features for i in rows],
             max_new_tokens=jobs[rows[0]][0].max_new_tokens, max_time=settings.max_time_s,
-            prefixes=[jobs[i][1].prefix for i in rows],
+            prefixes=[jobs[i][1].prefix for i in rows], draft_tokens=settings.draft_tokens,
         )
         for row, generation in zip(rows, done):
             if generation.stop in ("max_new_tokens", "max_time"):

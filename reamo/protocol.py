@@ -87,6 +87,11 @@ def format_relation_start(head: str, type_: str) -> str:
     return f"({escape(head)}, {escape(type_)},"
 
 
+def format_event_start(type_: str) -> str:
+    """An event as written up to its type: the part of a trigger's answer that differs between event types."""
+    return f"[{escape(type_)} |"
+
+
 def format_event(event: Event) -> str:
     parts = [escape(event.type), escape(event.trigger.text)]
     if event.arguments:

@@ -10,7 +10,7 @@ from reamo.candidates import TriggerLexicon, pair_candidates, tag, trigger_candi
 from reamo.model import ReamoConfig, ReamoModel
 from reamo.ontology import allowed_relations, event_roles, is_symmetric, relation_signatures
 from reamo.pipeline import generation_tasks
-from reamo.schema import Entity, Labels, TextSpan
+from reamo.schema import Entity, Event, Labels, Mention, TextSpan
 from reamo.tools.registry import ToolRegistry
 
 TEXT = "Police arrested Rafael Nadal in Paris after he met Mery Perello."
@@ -224,3 +224,24 @@ def test_relation_answers_stop_at_a_token_boundary_of_the_full_answer(which: str
         cut_ids = tokenizer(cut, add_special_tokens=False)["input_ids"]
         full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
         assert full_ids[:len(cut_ids)] == cut_ids and len(cut_ids) < len(full_ids)
+
+
+@pytest.mark.parametrize("which", ["tiny", "default"])
+def test_trigger_answers_stop_at_a_token_boundary_of_the_full_answer(which: str, agent: Agent) -> None:
+    """A trigger candidate's type is scored up to the type (`trigger_answers`); as for relations, the cut answer
+    must tokenize as a prefix of the full one for its log-likelihood to be the start of the full answer's."""
+    from reamo.decisions import trigger_answers
+    from reamo.protocol import format_event
+
+    tokenizer = agent.model.tokenizer if which == "tiny" else Agent.from_pretrained("default").model.tokenizer
+    end = tokenizer.eos_token or ""
+    types = ["Conflict:Attack", "Movement:Transport", "Justice:Arrest-Jail", "Contact:Phone-Write", "Life:Die"]
+    for trigger in ["battle", "fired", "#protest", "set off", "U.S.-led", "Phone"]:
+        none, *cuts = trigger_answers(types, end)
+        assert none == f"Events: None{end}" and len(cuts) == len(types)
+        for type_, cut in zip(types, cuts):
+            full = f"Events: {format_event(Event(type=type_, trigger=Mention(text=trigger)))}{end}"
+            assert full.startswith(cut) and type_ in cut and full[len(cut):].startswith(f" {trigger}]")
+            cut_ids = tokenizer(cut, add_special_tokens=False)["input_ids"]
+            full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+            assert full_ids[:len(cut_ids)] == cut_ids and len(cut_ids) < len(full_ids)

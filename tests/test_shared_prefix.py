@@ -3,6 +3,7 @@ them), bounded (LRU eviction by entries and bytes) and safe to share between thr
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
@@ -179,3 +180,78 @@ def test_items_that_fit_share_one_forward(model: ReamoModel, monkeypatch: pytest
     for item, row in zip(items, together, strict=True):
         for answer, score in zip(item.continuations, row, strict=True):
             assert score == pytest.approx(reference_logprob(model, item.prompt, answer), abs=1e-4)
+
+
+def test_prompt_lookup_drafts_give_the_greedy_text_in_fewer_passes(model: ReamoModel,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drafts that are right, right then wrong, or wrong all give the one-token-per-pass text, alone and for rows
+    of a batch that keep different numbers of draft tokens per pass (with and without left padding); right drafts
+    take fewer forward passes."""
+    import reamo.model.modeling_reamo as modeling
+
+    # sharper attention than random weights give, so a token at a wrong position changes what is written
+    for layer in model.llm.model.layers:
+        for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+            monkeypatch.setattr(projection, "weight", torch.nn.Parameter(projection.weight.detach() * 6))
+    monkeypatch.setattr(model, "prefix_cache", PrefixCache())  # key/values of these weights stay in this test
+    prompts, prefixes = zip(*(prompt_and_prefix(model, t) for t in TEXTS))
+    greedy: dict[tuple[int, ...], list[int]] = {}
+    for prompt in prompts:
+        ids = model.tokenize_with_placeholders(prompt)
+        with torch.no_grad():
+            out = model.llm.generate(input_ids=torch.tensor([ids]), max_new_tokens=16, min_new_tokens=16,
+                                     do_sample=False, pad_token_id=model.tokenizer.eos_token_id)
+        greedy[tuple(ids)] = out[0, len(ids):].tolist()
+    reference = model.generations(list(prompts), max_new_tokens=16, prefixes=list(prefixes))
+    for prompt, generation in zip(prompts, reference):
+        truth = greedy[tuple(model.tokenize_with_placeholders(prompt))]
+        assert model.tokenizer.decode(truth, skip_special_tokens=True).startswith(generation.text)
+
+    class Oracle:  # drafts the true continuation, spoilt from `wrong_at[row]` on
+        wrong_at: dict[tuple[int, ...], int] = {}
+
+        def __init__(self, tokenizer, ids) -> None:
+            self.ids = tuple(ids)
+
+        def draft(self, written, max_tokens):
+            truth = greedy[self.ids]
+            assert list(written) == truth[:len(written)]
+            spoil = self.wrong_at[self.ids]
+            return [t if i < spoil else (t + 1) % len(model.tokenizer)
+                    for i, t in enumerate(truth[len(written):len(written) + max_tokens])]
+
+    passes: list[int] = []
+    forward = model.llm.forward
+
+    @functools.wraps(forward)  # keeps the signature: the model reads its cache argument's name from it
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(modeling, "PromptLookup", Oracle)
+    monkeypatch.setattr(model.llm, "forward", counted)
+    counts = {}
+    for wrong_at in (99, 2, 0):
+        Oracle.wrong_at = dict.fromkeys(greedy, wrong_at)
+        passes.clear()
+        assert model.generations([prompts[0]], max_new_tokens=16, prefixes=[prefixes[0]], draft_tokens=4) \
+            == reference[:1]
+        counts[wrong_at] = len(passes)
+    passes.clear()
+    model.generations([prompts[0]], max_new_tokens=16, prefixes=[prefixes[0]])
+    assert counts[99] < counts[2] < counts[0] == len(passes)
+
+    Oracle.wrong_at = dict(zip(greedy, (99, 2, 1)))  # three rows, each keeping a different share of its drafts
+    for shared in (list(prefixes), None):  # the prefix-cache layout, and plain left padding
+        passes.clear()
+        assert model.generations(list(prompts), max_new_tokens=16, prefixes=shared, draft_tokens=4) == reference
+        assert len(passes) < 16
+
+
+def test_prompt_lookup_with_a_batch_whose_rows_end_at_different_steps(model: ReamoModel) -> None:
+    """The rows left writing switch to drafts (from their own prompts, mostly rejected by a random model) as the
+    others end: every row's text is the plain greedy text."""
+    prompts, prefixes = zip(*(prompt_and_prefix(model, t) for t in TEXTS * 2))
+    reference = model.generate(list(prompts), max_new_tokens=20, do_sample=False)
+    assert model.generate(list(prompts), max_new_tokens=20, prefixes=list(prefixes), draft_tokens=4) == reference
+    assert model.generate(list(prompts), max_new_tokens=20, draft_tokens=6) == reference

@@ -72,7 +72,7 @@ class ScriptedLLM:
         return content if isinstance(content, str) else content[-1]["text"]
 
     def generations(self, prompts: list[str], media: Any = None, max_new_tokens: int = 0, max_time: Any = None,
-                    prefixes: Any = None) -> list[Generation]:
+                    prefixes: Any = None, draft_tokens: int = 0) -> list[Generation]:
         if any(FAILURE_WORD in prompt for prompt in prompts):
             raise RuntimeError("CUDA error: device-side assert triggered (simulated)")
         return [Generation(text=self.answer(prompt.rsplit("Text: ", 1)[-1])) for prompt in prompts]

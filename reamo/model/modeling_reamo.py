@@ -28,6 +28,7 @@ from torch import nn
 
 from reamo.errors import CheckpointNotFoundError, ConfigError
 from reamo.model.imagebind_encoder import EncodedModality, ImageBindEncoder, ImageBindEncoderConfig
+from reamo.model.prompt_lookup import PromptLookup
 from reamo.model.shared_prefix import (
     KeyValues,
     PrefixCache,
@@ -38,6 +39,11 @@ from reamo.model.shared_prefix import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Rows x (1 + draft) tokens one decoding pass may feed before drafting stops paying: on 2 CPU cores a pass reads the
+# weights once, and up to ~16 tokens cost about 1.5-1.8x one token (measured with the embedded default), so drafts
+# are fed only while few rows are left writing (a single request, a batch's tail).
+DRAFT_PASS_TOKENS = 16
 
 CONFIG_NAME = "reamo_config.json"
 PROJECTOR_NAME = "projector.safetensors"
@@ -568,10 +574,11 @@ class ReamoModel(nn.Module):
         max_new_tokens: int = 256,
         max_time: float | None = None,
         prefixes: list[str | None] | None = None,
+        draft_tokens: int = 0,
         **generate_kwargs: Any,
     ) -> list[str]:
         """The texts of `generations` (same arguments)."""
-        return [g.text for g in self.generations(prompts, media, max_new_tokens, max_time, prefixes,
+        return [g.text for g in self.generations(prompts, media, max_new_tokens, max_time, prefixes, draft_tokens,
                                                  **generate_kwargs)]
 
     @torch.no_grad()
@@ -582,6 +589,7 @@ class ReamoModel(nn.Module):
         max_new_tokens: int = 256,
         max_time: float | None = None,
         prefixes: list[str | None] | None = None,
+        draft_tokens: int = 0,
         **generate_kwargs: Any,
     ) -> list[Generation]:
         """Generate one continuation per prompt (batched, greedy); media[i] feeds prompt i's placeholders.
@@ -589,6 +597,8 @@ class ReamoModel(nn.Module):
         `prefixes[i]`: the start prompt i shares with other requests (`shared_prefix_length`). Rows with the same
         prefix are generated together from its cached key/values, laid out `[prefix][padding][rest]` with the
         padding masked, so every row sees exactly the positions it has alone; other rows are left-padded as usual.
+        `draft_tokens` > 0: once few rows are left writing, each pass also checks up to that many prompt-lookup
+        tokens per row (`_greedy`, `reamo.model.prompt_lookup`): the same greedy text in fewer passes.
         """
         media = media or [{} for _ in prompts]
         prefixes = prefixes or [None] * len(prompts)
@@ -622,7 +632,8 @@ class ReamoModel(nn.Module):
                     mask = torch.cat([mask.new_ones((len(rows), len(key))), mask], dim=1)
                     cache = self._cache_from(self._prefix_key_values(key), len(rows))
                 if cacheable and not generate_kwargs:
-                    done = self._greedy(embeds, mask, cache, len(key), max_new_tokens, max_time)
+                    done = self._greedy(embeds, mask, cache, len(key), max_new_tokens, max_time,
+                                        [ids[r] for r in rows], draft_tokens)
                 else:
                     extra = {self._cache_argument(): cache} if cache is not None else {}
                     generated = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs, **extra)
@@ -634,13 +645,20 @@ class ReamoModel(nn.Module):
         return outputs
 
     def _greedy(self, embeds: torch.Tensor, mask: torch.Tensor, cache: Any, cached: int, max_new_tokens: int,
-                max_time: float | None) -> list[Generation]:
+                max_time: float | None, prompt_ids: list[list[int]] | None = None,
+                draft_tokens: int = 0) -> list[Generation]:
         """Greedy decoding of a batch that drops each row as it finishes (end of sequence, a repetition loop
         (`RepetitionStop`), or the token budget), so the batch's later steps cost only the rows still writing:
         the same tokens as transformers' greedy `generate`, which computes every row until the last one ends.
 
         embeds / mask [batch, length(, hidden)] cover the whole prompts; the first `cached` positions are already
         in `cache` (the shared prefix), which is extended in place. Positions follow the mask, as in `generate`.
+
+        With `draft_tokens` and `prompt_ids` (each row's prompt token ids): once few rows are left writing (a
+        single request, a batch's tail), each pass also feeds every row's prompt-lookup draft
+        (`reamo.model.prompt_lookup`) and keeps it up to the first token the model's greedy choice disagrees with.
+        A rejected draft's positions are masked out for that row (cropped from the cache where no row kept them),
+        and positions follow each row's kept tokens, so every row sees what one-token decoding would show it.
         """
         from transformers import DynamicCache
 
@@ -656,34 +674,73 @@ class ReamoModel(nn.Module):
         written: list[list[int]] = [[] for _ in rows]
         reasons = ["end"] * len(rows)
         last = positions[:, -1]
-        for step in range(max_new_tokens):
-            chosen = logits.argmax(-1)
-            going = []
+        pending: list[list[int]] = [[int(t)] for t in logits.argmax(-1)]  # chosen, not yet written, per row
+        window = self._sliding_window()
+        lookups: dict[int, PromptLookup] = {}
+        while True:
+            going, chosen = [], []
             for j, row in enumerate(rows):
-                token = int(chosen[j])
-                if token == eos:
-                    continue
-                written[row].append(token)
-                if stop.repeats(written[row]):
-                    reasons[row] = "repetition"
+                for token in pending[j]:
+                    if token == eos:
+                        break
+                    written[row].append(token)
+                    if stop.repeats(written[row]):
+                        reasons[row] = "repetition"
+                        break
+                    if len(written[row]) >= max_new_tokens:
+                        reasons[row] = "max_new_tokens"
+                        break
                 else:
                     going.append(j)
-            out_of_time = max_time is not None and time.perf_counter() - started > max_time
-            if not going or step + 1 >= max_new_tokens or out_of_time:
+                    chosen.append(written[row][-1])
+            if not going:
+                break
+            if max_time is not None and time.perf_counter() - started > max_time:
                 for j in going:
-                    reasons[rows[j]] = "max_time" if out_of_time and step + 1 < max_new_tokens else "max_new_tokens"
+                    reasons[rows[j]] = "max_time"
                 break
             if len(going) < len(rows):
                 keep = torch.tensor(going, device=mask.device)
                 cache.batch_select_indices(keep)
-                mask, last, chosen = mask[keep], last[keep], chosen[keep]
+                mask, last = mask[keep], last[keep]
                 rows = [rows[j] for j in going]
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            last = last + 1
-            logits = self.llm(input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
-                              use_cache=True, **{cache_kw: cache}).logits[:, -1]
+            drafts: list[list[int]] = [[] for _ in rows]
+            if draft_tokens and prompt_ids is not None and len(rows) * (1 + draft_tokens) <= DRAFT_PASS_TOKENS \
+                    and (window is None or (len(rows) == 1 and mask.shape[1] + max_new_tokens + 64 < window)):
+                for j, row in enumerate(rows):
+                    if row not in lookups:
+                        lookups[row] = PromptLookup(self.tokenizer, prompt_ids[row])
+                    drafts[j] = lookups[row].draft(written[row], min(draft_tokens, max_new_tokens - len(written[row])))
+            width = 1 + max(len(d) for d in drafts)
+            feed = torch.tensor([[chosen[j], *d] + [eos] * (width - 1 - len(d)) for j, d in enumerate(drafts)],
+                                device=mask.device)
+            start = mask.shape[1]
+            mask = torch.cat([mask, mask.new_ones((len(rows), width))], dim=1)
+            step_positions = last[:, None] + torch.arange(1, width + 1, device=mask.device)
+            out = self.llm(input_ids=feed, attention_mask=mask, position_ids=step_positions, use_cache=True,
+                           **{cache_kw: cache}).logits
+            greedy = out.argmax(-1).tolist()
+            kept = []
+            for j, draft in enumerate(drafts):
+                count = 0
+                while count < len(draft) and greedy[j][count] == draft[count]:
+                    count += 1
+                kept.append(count)
+                mask[j, start + 1 + count:] = 0  # this row's rejected draft (and padding) stays invisible
+            unused = width - 1 - max(kept)
+            if unused:  # positions no row kept: drop them from the cache
+                cache.crop(-unused)
+                mask = mask[:, : mask.shape[1] - unused]
+            last = last + 1 + torch.tensor(kept, device=mask.device)
+            pending = [greedy[j][: kept[j] + 1] for j in range(len(rows))]
         return [Generation(text=self.tokenizer.decode(tokens, skip_special_tokens=True), stop=reason)
                 for tokens, reason in zip(written, reasons)]
+
+    def _sliding_window(self) -> int | None:
+        """The LLM's sliding attention window, if it has one: a window counts cache positions, so masked draft
+        positions would push real ones out of it; drafts are then used only where they can be cropped at once."""
+        config = self.llm.config.get_text_config() if hasattr(self.llm.config, "get_text_config") else self.llm.config
+        return getattr(config, "sliding_window", None) or None
 
     @torch.no_grad()
     def score_continuations(self, items: Sequence[ScoringItem], max_tree_tokens: int = 2048) -> list[list[float]]:
