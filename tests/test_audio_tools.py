@@ -13,6 +13,8 @@ import ctypes
 import ctypes.util
 import functools
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -239,6 +241,24 @@ def test_speech_segments_cover_speech_and_skip_padded_silence(speech) -> None:
     assert covered >= 0.9 * speech_end
     quiet = LoadedAudio(name="quiet", samples=(rng.normal(0, 1e-4, 32000)).astype(np.float32))
     assert speech_segments(quiet) == []
+
+
+def test_voice_activity_leaves_torch_its_threads() -> None:
+    """silero-vad sets torch to one thread when first imported; the LLM in the same process must keep its cores.
+    A fresh interpreter, so the import (and its side effect) really happens."""
+    code = (
+        "import numpy as np, torch\n"
+        "torch.set_num_threads(2)\n"
+        "from reamo.media import LoadedAudio\n"
+        "from reamo.tools.audio import speech_segments\n"
+        "quiet = LoadedAudio(name='quiet', samples=np.zeros(16000, dtype=np.float32))\n"
+        "assert speech_segments(quiet) == []\n"
+        "import silero_vad\n"
+        "print(torch.get_num_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "2"
 
 
 # ---------------------------------------------------------------------------------------------------------------

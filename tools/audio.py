@@ -328,10 +328,23 @@ def _word(text: str, start: float, end: float, probability: float | None) -> Wor
 _VAD_LOCK = threading.Lock()  # the Silero model keeps recurrent state between chunks: one caller at a time
 
 
+def _import_silero_vad() -> Any:
+    """Import silero-vad without its side effect: its model module calls `torch.set_num_threads(1)` at import,
+    which would leave the LLM (and everything else torch runs in the process) on one core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        import silero_vad
+    finally:
+        torch.set_num_threads(threads)
+    return silero_vad
+
+
 @lru_cache(maxsize=1)
 def _silero() -> Any:
     try:
-        from silero_vad import load_silero_vad
+        load_silero_vad = _import_silero_vad().load_silero_vad
     except ImportError as error:
         raise MissingDependencyError(
             "silero-vad is not installed; run: pip install --no-deps 'silero-vad>=5,<7'"
@@ -348,8 +361,8 @@ def speech_segments(
 ) -> list[TimeSpan]:
     """Where someone is speaking, as time spans in seconds (Silero VAD)."""
     import torch
-    from silero_vad import get_speech_timestamps
 
+    get_speech_timestamps = _import_silero_vad().get_speech_timestamps
     samples = torch.from_numpy(_as_16k(audio))
     with _VAD_LOCK:
         model = _silero()
