@@ -712,7 +712,8 @@ class ReamoModel(nn.Module):
                         lookups[row] = PromptLookup(self.tokenizer, prompt_ids[row])
                     drafts[j] = lookups[row].draft(written[row], min(draft_tokens, max_new_tokens - len(written[row])))
             width = 1 + max(len(d) for d in drafts)
-            feed = torch.tensor([[chosen[j], *d] + [eos] * (width - 1 - len(d)) for j, d in enumerate(drafts)],
+            pad = eos if eos is not None else 0  # fills shorter drafts; never kept (a row keeps only its draft)
+            feed = torch.tensor([[chosen[j], *d] + [pad] * (width - 1 - len(d)) for j, d in enumerate(drafts)],
                                 device=mask.device)
             start = mask.shape[1]
             mask = torch.cat([mask, mask.new_ones((len(rows), width))], dim=1)
