@@ -21,12 +21,13 @@ def token_draft(context: Sequence[int], max_tokens: int, min_ngram: int = 2, max
     n = max_ngram down to min_ngram (a longer match is a surer guess); [] when nothing matches."""
     if max_tokens < 1:
         return []
-    length = len(context)
+    ids = list(context)  # one copy; slices of it compare without converting each
+    length = len(ids)
     for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
-        tail = list(context[length - n:])
+        tail = ids[length - n:]
         for start in range(length - n - 1, -1, -1):  # latest first
-            if list(context[start:start + n]) == tail:
-                return list(context[start + n:min(start + n + max_tokens, length)])
+            if ids[start:start + n] == tail:
+                return ids[start + n:start + n + max_tokens]
     return []
 
 
