@@ -189,10 +189,12 @@ def test_prompt_lookup_drafts_give_the_greedy_text_in_fewer_passes(model: ReamoM
     take fewer forward passes."""
     import reamo.model.modeling_reamo as modeling
 
-    # sharper attention than random weights give, so a token at a wrong position changes what is written
+    # sharper attention than random weights give, so a token at a wrong position changes what is written; patched
+    # in the module's parameter dict (pytest >= 9.2's setattr on a module attribute deletes it on undo)
     for layer in model.llm.model.layers:
         for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj):
-            monkeypatch.setattr(projection, "weight", torch.nn.Parameter(projection.weight.detach() * 6))
+            sharper = torch.nn.Parameter(projection.weight.detach() * 6)
+            monkeypatch.setitem(projection._parameters, "weight", sharper)
     monkeypatch.setattr(model, "prefix_cache", PrefixCache())  # key/values of these weights stay in this test
     prompts, prefixes = zip(*(prompt_and_prefix(model, t) for t in TEXTS))
     greedy: dict[tuple[int, ...], list[int]] = {}
