@@ -273,6 +273,43 @@ class ThresholdCalibration(BaseModel):
     n_candidates: int
     n_sentences: int
     n_excluded_texts: int = 0
+    # 90% interval of the held-out F1 at `bias` when the sentences are redrawn (bootstrap): how far a slice this
+    # small can be trusted. Around 20 gold triggers it spans some 30 F1 points, so close models are not told apart.
+    f1_interval: tuple[float, float] | None = None
+
+
+Candidates = Sequence[tuple[float, bool]]  # (margin, whether gold) of every candidate one sentence offered
+
+
+def f1_interval(sentences: Sequence[tuple[Candidates, int]], bias: float, draws: int = 400, seed: int = 0,
+                level: float = 0.9) -> tuple[float, float]:
+    """The `level` bootstrap interval of the F1 above `bias` over `sentences` ([(candidates, n_gold), ...]),
+    redrawing whole sentences (their candidates and gold items belong together)."""
+    if not sentences:
+        return 0.0, 0.0
+    rng = random.Random(f"f1-interval-{seed}")
+    kept = [(sum(1 for m, _ in candidates if m > bias), sum(1 for m, c in candidates if m > bias and c), n_gold)
+            for candidates, n_gold in sentences]
+    values = []
+    for _ in range(draws):
+        answered = right = gold = 0
+        for _ in kept:
+            a, r, g = kept[rng.randrange(len(kept))]
+            answered, right, gold = answered + a, right + r, gold + g
+        values.append(2 * right / (answered + gold) if right else float(answered + gold == 0))  # none, none asked
+    values.sort()
+    tail = (1.0 - level) / 2
+    return round(values[int(tail * draws)], 4), round(values[min(draws - 1, int((1.0 - tail) * draws))], 4)
+
+
+def _with_interval(calibration: ThresholdCalibration, sentences: Sequence[tuple[Candidates, int]]
+                   ) -> ThresholdCalibration:
+    return calibration.model_copy(update={"f1_interval": f1_interval(sentences, calibration.bias)})
+
+
+def _interval_note(calibration: ThresholdCalibration) -> str:
+    low, high = calibration.f1_interval or (calibration.f1, calibration.f1)
+    return f"90% interval {low:.3f}-{high:.3f} redrawing the sentences"
 
 
 def best_threshold(scored: Sequence[tuple[float, bool]], n_gold: int, n_sentences: int = 0) -> ThresholdCalibration:
@@ -306,22 +343,23 @@ def held_out_mnre_sentences(exclude_texts: set[str], limit: int, seed: int = 0) 
     return random.Random(f"calibrate-triples-{seed}").sample(sentences, min(limit, len(sentences)))
 
 
-def score_triples(agent: Any, examples: Sequence[Example], batch_size: int = 16) -> tuple[list[tuple[float, bool]], int]:
-    """Every pair's best relation with its margin (the agent runs with no threshold), and whether the triple (head
-    span, relation, tail span) is gold; plus the number of gold triples."""
+def score_triples(agent: Any, examples: Sequence[Example], batch_size: int = 16
+                  ) -> list[tuple[list[tuple[float, bool]], int]]:
+    """Per sentence: every pair's best relation with its margin (the agent runs with no threshold) and whether the
+    triple (head span, relation, tail span) is gold; and the sentence's number of gold triples."""
     spec = DATASETS["mnre"]
-    scored: list[tuple[float, bool]] = []
-    n_gold = 0
+    sentences: list[tuple[list[tuple[float, bool]], int]] = []
     for start in tqdm(range(0, len(examples), batch_size), desc="calibrating triples", disable=None):
         chunk = examples[start:start + batch_size]
         for example, result in zip(chunk, agent.extract_batch([e.text for e in chunk], ("ner", "re"), spec.labels),
                                    strict=True):
             gold = {_triple(r.head, r.type, r.tail) for r in example.gold.relations}
-            n_gold += len(gold)
+            scored = []
             for relation in result.relations:
                 label = spec.relation_aliases.get(relation.type, relation.type)
                 scored.append((relation.score, _triple(relation.head, label, relation.tail) in gold))
-    return scored, n_gold
+            sentences.append((scored, len(gold)))
+    return sentences
 
 
 def _triple(head: Any, label: str, tail: Any) -> tuple:
@@ -335,12 +373,15 @@ def calibrate_triples(agent: Any, recipes: Recipes, out: str | os.PathLike[str],
     excluded = training_texts(recipes)
     examples = held_out_mnre_sentences(excluded, limit, seed)
     agent.settings.triple_none_bias = -1e9  # every pair's best relation, with its margin
-    scored, n_gold = score_triples(agent, examples)
-    calibration = best_threshold(scored, n_gold, len(examples)).model_copy(update={"n_excluded_texts": len(excluded)})
+    sentences = score_triples(agent, examples)
+    n_gold = sum(gold for _, gold in sentences)
+    calibration = _with_interval(best_threshold([c for scored, _ in sentences for c in scored], n_gold,
+                                                len(examples)), sentences)
+    calibration = calibration.model_copy(update={"n_excluded_texts": len(excluded)})
     write_setting(out, "triple_none_bias", calibration.bias, (
         f"calibrated on {calibration.n_sentences} MNRE train sentences ({n_gold} gold triples) no tuning pass trained "
-        f"on ({_recipe_names(recipes)}; seed {seed}): triple F1 {calibration.f1:.3f} there (P {calibration.precision:.3f}"
-        f" / R {calibration.recall:.3f}); reamo calibrate-triples"), calibration.model_dump(),
+        f"on ({_recipe_names(recipes)}; seed {seed}): triple F1 {calibration.f1:.3f} there ({_interval_note(calibration)}; "
+        f"P {calibration.precision:.3f} / R {calibration.recall:.3f}); reamo calibrate-triples"), calibration.model_dump(),
         about_key="triple_calibration")
     return calibration
 
@@ -353,25 +394,35 @@ def held_out_m2e2_sentences(exclude_texts: set[str], limit: int, seed: int = 0) 
     return random.Random(f"calibrate-events-{seed}").sample(sentences, min(limit, len(sentences)))
 
 
+class ScoredEventSentence(BaseModel):
+    """One held-out sentence's trigger candidates: each one's best event type margin, whether it is a gold trigger of
+    that type, and its scored arguments (margin, whether gold: span + role + event type); and the gold counts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    triggers: list[tuple[float, bool, list[tuple[float, bool]]]]
+    n_triggers: int
+    n_arguments: int
+
+
 def score_event_decisions(agent: Any, examples: Sequence[Example], batch_size: int = 16
-                          ) -> tuple[list[tuple[float, bool, list[tuple[float, bool]]]], int, int]:
-    """Every trigger candidate's best event type with its margin and whether it is a gold trigger of that type,
-    with the scored arguments it got (margin, whether gold: span + role + event type); and the gold counts."""
+                          ) -> list[ScoredEventSentence]:
+    """Every trigger candidate of every sentence with its best event type, margin and arguments (no threshold)."""
     spec = DATASETS["m2e2"]
-    scored: list[tuple[float, bool, list[tuple[float, bool]]]] = []
-    n_triggers = n_arguments = 0
+    sentences: list[ScoredEventSentence] = []
     for start in tqdm(range(0, len(examples), batch_size), desc="calibrating events", disable=None):
         chunk = examples[start:start + batch_size]
         for example, result in zip(chunk, agent.extract_batch([e.text for e in chunk], spec.tasks, spec.labels),
                                    strict=True):
             triggers = {(_span(e.trigger), e.type) for e in example.gold.events}
             arguments = {(_span(a.entity), a.role, e.type) for e in example.gold.events for a in e.arguments}
-            n_triggers += len(triggers)
-            n_arguments += len(arguments)
+            scored = []
             for event in result.events:
                 args = [(a.score, (_span(a.entity), a.role, event.type) in arguments) for a in event.arguments]
                 scored.append((event.score, (_span(event.trigger), event.type) in triggers, args))
-    return scored, n_triggers, n_arguments
+            sentences.append(ScoredEventSentence(triggers=scored, n_triggers=len(triggers),
+                                                 n_arguments=len(arguments)))
+    return sentences
 
 
 def _span(mention: Any) -> Any:
@@ -386,10 +437,16 @@ def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLi
     examples = held_out_m2e2_sentences(excluded, limit, seed)
     agent.settings.trigger_none_bias = -1e9  # every candidate's best type and every entity's best role, with margins
     agent.settings.argument_none_bias = -1e9
-    scored, n_triggers, n_arguments = score_event_decisions(agent, examples)
-    triggers = best_threshold([(m, c) for m, c, _ in scored], n_triggers, len(examples))
-    kept_arguments = [a for m, _, args in scored if m > triggers.bias for a in args]
-    arguments = best_threshold(kept_arguments, n_arguments, len(examples))
+    sentences = score_event_decisions(agent, examples)
+    trigger_sentences = [([(m, c) for m, c, _ in s.triggers], s.n_triggers) for s in sentences]
+    triggers = best_threshold([c for scored, _ in trigger_sentences for c in scored],
+                              sum(s.n_triggers for s in sentences), len(examples))
+    triggers = _with_interval(triggers, trigger_sentences)
+    argument_sentences = [([a for m, _, args in s.triggers if m > triggers.bias for a in args], s.n_arguments)
+                          for s in sentences]
+    arguments = best_threshold([a for scored, _ in argument_sentences for a in scored],
+                               sum(s.n_arguments for s in sentences), len(examples))
+    arguments = _with_interval(arguments, argument_sentences)
     names = _recipe_names(recipes)
     triggers, arguments = (c.model_copy(update={"n_excluded_texts": len(excluded)}) for c in (triggers, arguments))
     for key, calibration, what in (("trigger_none_bias", triggers, "trigger"), ("argument_none_bias", arguments,
@@ -397,6 +454,7 @@ def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLi
         write_setting(out, key, calibration.bias, (
             f"calibrated on {len(examples)} M2E2 train sentences of the calibration slice no tuning pass trained on "
             f"({names}; seed {seed}; {calibration.n_gold} gold {what}s): {what} F1 {calibration.f1:.3f} there "
-            f"(P {calibration.precision:.3f} / R {calibration.recall:.3f}); reamo calibrate-events"),
+            f"({_interval_note(calibration)}; P {calibration.precision:.3f} / R {calibration.recall:.3f}); "
+            "reamo calibrate-events"),
             calibration.model_dump(), about_key=f"{what}_calibration")
     return {"trigger": triggers, "argument": arguments}

@@ -329,6 +329,32 @@ def export_adapter(
     console.print(f"adapter written to {target}")
 
 
+@app.command("soup-adapters")
+def soup_adapters(
+    out: Path = typer.Argument(..., help="Model folder to write (the first source's files, the summed adapter)."),
+    sources: list[str] = typer.Argument(..., help="FOLDER=WEIGHT per adapter, e.g. runs/a/final=0.5 "
+                                                  "runs/b/final=0.5 (weights may be negative)."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16, float16 or float32."),
+) -> None:
+    """Write the adapter that adds the weighted sum of what the given LoRA adapters add (a model soup; exact)."""
+    parsed = []
+    for source in sources:
+        folder, sep, weight = source.rpartition("=")
+        try:
+            parsed.append((folder, float(weight)))
+        except ValueError:
+            sep = ""
+        if not sep or not folder:
+            _fail(f"{source!r}: write each source as FOLDER=WEIGHT, e.g. runs/default_smollm2_sixth/final=0.5")
+    try:
+        from reamo.tuning.soup import soup_adapters as _soup
+
+        target = _soup(parsed, out, dtype)
+    except (ReamoError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"adapter soup written to {target}")
+
+
 @app.command("eval")
 def evaluate(
     data: str = typer.Argument(..., help="gmner:dev | mnre:val | m2e2:dev | a jsonl file of examples"),

@@ -245,3 +245,17 @@ def test_trigger_answers_stop_at_a_token_boundary_of_the_full_answer(which: str,
             cut_ids = tokenizer(cut, add_special_tokens=False)["input_ids"]
             full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
             assert full_ids[:len(cut_ids)] == cut_ids and len(cut_ids) < len(full_ids)
+
+
+def test_f1_interval_shows_how_little_a_small_calibration_slice_says() -> None:
+    from reamo.eval.calibrate import f1_interval
+
+    perfect = [([(1.0, True)], 1), ([(0.5, True), (-1.0, False)], 1), ([], 0)]
+    assert f1_interval(perfect, bias=0.0) == (1.0, 1.0)  # every redraw of a perfect slice is perfect
+    # 20 sentences, 10 gold items: above 0.0 six answers, four right (F1 0.5)
+    small = ([([(1.0, True)], 1)] * 4 + [([(0.8, False)], 0)] * 2 + [([(-0.5, True)], 1)] * 2
+             + [([], 1)] * 4 + [([(-1.0, False)], 0)] * 8)
+    low, high = f1_interval(small, bias=0.0)
+    assert low < 0.5 < high and high - low > 0.2
+    low_big, high_big = f1_interval(small * 25, bias=0.0)  # the same mix, 25 times the sentences
+    assert low < low_big < 0.5 < high_big < high

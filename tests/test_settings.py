@@ -129,13 +129,39 @@ def test_event_calibration_reports_what_it_wrote(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(calibrate, "training_texts", lambda recipes: {"a", "b", "c"})
     monkeypatch.setattr(calibrate, "held_out_m2e2_sentences", lambda excluded, limit, seed=0: ["s1", "s2"])
-    scored = [(1.0, True, [(0.5, True), (-2.0, False)]), (-1.0, False, [(0.3, False)])]
-    monkeypatch.setattr(calibrate, "score_event_decisions", lambda agent, examples: (scored, 1, 1))
+    scored = [calibrate.ScoredEventSentence(triggers=[(1.0, True, [(0.5, True), (-2.0, False)])], n_triggers=1,
+                                            n_arguments=1),
+              calibrate.ScoredEventSentence(triggers=[(-1.0, False, [(0.3, False)])], n_triggers=0, n_arguments=0)]
+    monkeypatch.setattr(calibrate, "score_event_decisions", lambda agent, examples: scored)
     agent = SimpleNamespace(settings=SimpleNamespace(trigger_none_bias=None, argument_none_bias=None))
     out = tmp_path / "settings.json"
     result = calibrate.calibrate_event_decisions(agent, [tmp_path / "r.yaml"], out)
     written = json.loads(out.read_text())["_about"]
     for what in ("trigger", "argument"):
         assert result[what].n_excluded_texts == 3
-        assert written[f"{what}_calibration"] == result[what].model_dump()
+        assert written[f"{what}_calibration"] == result[what].model_dump(mode="json")
     assert result["trigger"].f1 == 1.0 and result["trigger"].bias > -1.0
+    assert result["trigger"].f1_interval is not None and "90% interval" in json.loads(out.read_text())["_about"][
+        "trigger_none_bias"]
+
+
+def test_triple_calibration_writes_its_margin_with_the_interval_of_its_f1(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from reamo.eval import calibrate
+
+    monkeypatch.setattr(calibrate, "training_texts", lambda recipes: {"a"})
+    monkeypatch.setattr(calibrate, "held_out_mnre_sentences", lambda excluded, limit, seed=0: ["s1", "s2", "s3"])
+    sentences = [([(2.0, True), (0.5, False)], 1), ([(1.0, True)], 2), ([(-1.0, False)], 0)]
+    monkeypatch.setattr(calibrate, "score_triples", lambda agent, examples: sentences)
+    agent = SimpleNamespace(settings=SimpleNamespace(triple_none_bias=None))
+    out = tmp_path / "settings.json"
+    result = calibrate.calibrate_triples(agent, [tmp_path / "r.yaml"], out)
+    # above 0.75: two answers, both right, of three gold triples (F1 0.8), better than also keeping 0.5 (2 of 3)
+    assert result.bias == pytest.approx(0.75) and result.f1 == pytest.approx(0.8) and result.n_gold == 3
+    low, high = result.f1_interval
+    assert low <= 0.8 <= high
+    written = json.loads(out.read_text())
+    assert written["triple_none_bias"] == pytest.approx(0.75)
+    assert written["_about"]["triple_calibration"]["f1_interval"] == [low, high]

@@ -547,3 +547,49 @@ def test_stage2_on_a_model_without_encoder_is_a_clear_error(tmp_path, tiny_llm_d
         **common(tmp_path / "s2x")})
     with pytest.raises(ConfigError, match="nothing to train"):
         train(config)
+
+
+def test_adapter_soup_adds_exactly_the_weighted_sum_of_what_each_adapter_adds(tmp_path, tiny_llm_dir) -> None:
+    from typer.testing import CliRunner
+
+    from reamo.cli import app
+    from reamo.model import LoraSettings
+    from reamo.tuning.soup import soup_adapters
+
+    def tuned(seed: int, r: int, alpha: int) -> Path:
+        model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[]))
+        model.add_lora(LoraSettings(r=r, alpha=alpha))
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, parameter in model.llm.named_parameters():
+                if "lora_" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+        return model.save_pretrained(tmp_path / f"run{seed}" / "final")
+
+    def merged(folder: Path) -> dict[str, torch.Tensor]:
+        model = ReamoModel.from_pretrained(folder)
+        llm = model.llm.merge_and_unload() if hasattr(model.llm, "merge_and_unload") else model.llm
+        return {name: value.detach().clone() for name, value in llm.state_dict().items() if "proj" in name}
+
+    base = {name: value.detach().clone() for name, value in
+            ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[])).llm
+            .state_dict().items() if "proj" in name}
+    first, second = tuned(1, r=4, alpha=8), tuned(2, r=2, alpha=8)  # different ranks and scalings
+    target = soup_adapters([(first, 0.3), (second, -0.7)], tmp_path / "soup", dtype="float32")
+    assert (target / "reamo_config.json").is_file()
+    assert json.loads((target / "adapter" / "adapter_config.json").read_text())["r"] == 6
+    one, two, soup = merged(first), merged(second), merged(target)
+    changed = 0
+    for name, weight in soup.items():
+        expected = base[name] + 0.3 * (one[name] - base[name]) - 0.7 * (two[name] - base[name])
+        torch.testing.assert_close(weight, expected, rtol=1e-4, atol=1e-5)
+        changed += not torch.equal(one[name], base[name])
+    assert changed  # the adapters did change the weights the soup is checked on
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["soup-adapters", str(tmp_path / "cli"), f"{first}=0.5", str(second)])
+    assert result.exit_code == 2 and "FOLDER=WEIGHT" in result.output
+    assert not (tmp_path / "cli").exists()  # nothing half-written
+    result = runner.invoke(app, ["soup-adapters", str(tmp_path / "cli"), f"{first}=0.5", f"{second}=0.5"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cli" / "adapter" / "adapter_model.safetensors").is_file()
