@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from reamo.files import write_atomic
-from reamo.eval.metrics import evaluate, relation_classification_scores
+from reamo.eval.metrics import NO_RELATION, evaluate, relation_classification_scores
 from reamo.eval.runner import DATASETS, given_pair
 from tqdm.auto import tqdm
 
@@ -56,6 +56,7 @@ class Calibration(BaseModel):
     argmax_f1: float  # the same pairs with margin 0: the plain most-likely answer
     n_pairs: int
     n_excluded_texts: int
+    f1_interval: tuple[float, float] | None = None  # as ThresholdCalibration's, redrawing the pairs
 
 
 def held_out_pairs(exclude_texts: set[str], limit: int, seed: int = 0) -> list[Example]:
@@ -136,11 +137,16 @@ def calibrate(agent: Any, recipes: Recipes, out: str | os.PathLike[str], limit: 
     excluded = training_texts(recipes)
     examples = held_out_pairs(excluded, limit, seed)
     scores = score_pairs(agent, examples)
-    calibration = best_bias(scores).model_copy(update={"n_excluded_texts": len(excluded)})
+    calibration = best_bias(scores)
+    pairs = [([(s.margin, s.label == s.gold)], int(s.gold != NO_RELATION)) for s in scores]
+    calibration = calibration.model_copy(update={"n_excluded_texts": len(excluded),
+                                                 "f1_interval": f1_interval(pairs, calibration.bias)})
+    low, high = calibration.f1_interval
     write_setting(out, "pair_none_bias", calibration.bias, (
         f"calibrated on {calibration.n_pairs} MNRE train pairs whose sentences no tuning pass trained on "
-        f"({_recipe_names(recipes)}; seed {seed}): micro F1 {calibration.f1:.3f} there vs "
-        f"{calibration.argmax_f1:.3f} with the plain most-likely answer; reamo calibrate-pairs"),
+        f"({_recipe_names(recipes)}; seed {seed}): micro F1 {calibration.f1:.3f} there (90% interval {low:.3f}-"
+        f"{high:.3f} redrawing the pairs) vs {calibration.argmax_f1:.3f} with the plain most-likely answer; "
+        "reamo calibrate-pairs"),
         calibration.model_dump(), about_key="calibration", drop=("pair_relation_threshold",))
     return calibration
 

@@ -352,7 +352,9 @@ def soup_adapters(
         target = _soup(parsed, out, dtype)
     except (ReamoError, ValueError) as err:
         _fail(str(err))
-    console.print(f"adapter soup written to {target}")
+    console.print(f"adapter soup written to {target}; calibrate its margins before use, e.g. reamo calibrate-pairs "
+                  f"--model {target} --config <its recipes> --out {target}/settings.json (likewise calibrate-triples, "
+                  "calibrate-events)")
 
 
 @app.command("eval")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from reamo.files import atomic_path, write_atomic
+from reamo.files import atomic_folder, atomic_path, write_atomic
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -25,6 +25,24 @@ def test_a_failing_writer_keeps_the_old_file_and_removes_its_temporary(tmp_path:
             raise RuntimeError("disk full")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["picture.png"]
+
+
+def test_atomic_folder_swaps_in_the_whole_new_folder_or_keeps_the_old_one(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    with atomic_folder(target) as staging:
+        (staging / "a.json").write_text("1")
+    with atomic_folder(target) as staging:
+        (staging / "b.json").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.json"]  # replaced as a whole, nothing of the old left
+    (tmp_path / "plain").mkdir()
+    assert target.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    (tmp_path / "plain").rmdir()
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_folder(target) as staging:
+            (staging / "c.json").write_text("half")
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in target.iterdir()) == ["b.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging or backup folder left
 
 
 def test_callers_use_the_helper(tmp_path: Path) -> None:

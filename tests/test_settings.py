@@ -165,3 +165,22 @@ def test_triple_calibration_writes_its_margin_with_the_interval_of_its_f1(tmp_pa
     written = json.loads(out.read_text())
     assert written["triple_none_bias"] == pytest.approx(0.75)
     assert written["_about"]["triple_calibration"]["f1_interval"] == [low, high]
+
+
+def test_pair_calibration_writes_the_interval_of_its_f1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reamo.eval import calibrate
+
+    monkeypatch.setattr(calibrate, "training_texts", lambda recipes: set())
+    monkeypatch.setattr(calibrate, "held_out_pairs", lambda excluded, limit, seed=0: ["p"] * 4)
+    scores = [calibrate.PairScore(id="1", gold="/per/per/peer", label="/per/per/peer", margin=1.0),
+              calibrate.PairScore(id="2", gold="None", label="/per/per/peer", margin=-2.0),
+              calibrate.PairScore(id="3", gold="/per/loc/place_of_birth", label="/per/per/peer", margin=0.5),
+              calibrate.PairScore(id="4", gold="/per/org/member_of", label="/per/org/member_of", margin=2.0)]
+    monkeypatch.setattr(calibrate, "score_pairs", lambda agent, examples: scores)
+    out = tmp_path / "settings.json"
+    result = calibrate.calibrate(object(), [tmp_path / "r.yaml"], out)
+    assert result.bias == pytest.approx(0.75) and result.f1 == pytest.approx(0.8)  # 2 right of 2 answers, 3 gold
+    low, high = result.f1_interval
+    assert low < 0.8 <= high
+    written = json.loads(out.read_text())["_about"]
+    assert written["calibration"]["f1_interval"] == [low, high] and "90% interval" in written["pair_none_bias"]

@@ -575,8 +575,9 @@ def test_adapter_soup_adds_exactly_the_weighted_sum_of_what_each_adapter_adds(tm
             ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[])).llm
             .state_dict().items() if "proj" in name}
     first, second = tuned(1, r=4, alpha=8), tuned(2, r=2, alpha=8)  # different ranks and scalings
+    (first / "settings.json").write_text('{"pair_none_bias": 0.5}')  # margins set on the first adapter alone
     target = soup_adapters([(first, 0.3), (second, -0.7)], tmp_path / "soup", dtype="float32")
-    assert (target / "reamo_config.json").is_file()
+    assert (target / "reamo_config.json").is_file() and not (target / "settings.json").exists()
     assert json.loads((target / "adapter" / "adapter_config.json").read_text())["r"] == 6
     one, two, soup = merged(first), merged(second), merged(target)
     changed = 0
@@ -590,6 +591,8 @@ def test_adapter_soup_adds_exactly_the_weighted_sum_of_what_each_adapter_adds(tm
     result = runner.invoke(app, ["soup-adapters", str(tmp_path / "cli"), f"{first}=0.5", str(second)])
     assert result.exit_code == 2 and "FOLDER=WEIGHT" in result.output
     assert not (tmp_path / "cli").exists()  # nothing half-written
+    result = runner.invoke(app, ["soup-adapters", str(tmp_path / "cli"), f"{first}=0.5", f"{tmp_path / 'none'}=0.5"])
+    assert result.exit_code == 2 and "no LoRA adapter" in result.output and not (tmp_path / "cli").exists()
     result = runner.invoke(app, ["soup-adapters", str(tmp_path / "cli"), f"{first}=0.5", f"{second}=0.5"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cli" / "adapter" / "adapter_model.safetensors").is_file()

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from reamo.errors import CheckpointNotFoundError
+from reamo.files import atomic_folder
 from reamo.model.modeling_reamo import ADAPTER_DIR
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -25,23 +24,27 @@ ADAPTER_CONFIG = "adapter_config.json"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def export_adapter(model_folder: str | os.PathLike[str], target: str | os.PathLike[str],
-                   dtype: str = "bfloat16", base_name: str = "smollm2-135m-instruct") -> Path:
-    """Copy `<model_folder>/adapter` (a `ReamoModel.save_pretrained` folder, e.g. `runs/.../final`) into `target`,
-    weights cast to `dtype`, atomically: `target` is either the old adapter or the complete new one."""
-    source = Path(model_folder).expanduser()
+def adapter_folder(folder: str | os.PathLike[str]) -> Path:
+    """The LoRA adapter folder of a tuned model folder (its `adapter/`), or `folder` itself if it is one."""
+    source = Path(folder).expanduser()
     source = source / ADAPTER_DIR if (source / ADAPTER_DIR).is_dir() else source
     if not (source / ADAPTER_WEIGHTS).is_file() or not (source / ADAPTER_CONFIG).is_file():
         raise CheckpointNotFoundError(
             f"no LoRA adapter in {source} (expected {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG}); pass the folder a "
             "tuning run wrote, e.g. runs/default_smollm2/final"
         )
+    return source
+
+
+def export_adapter(model_folder: str | os.PathLike[str], target: str | os.PathLike[str],
+                   dtype: str = "bfloat16", base_name: str = "smollm2-135m-instruct") -> Path:
+    """Copy `<model_folder>/adapter` (a `ReamoModel.save_pretrained` folder, e.g. `runs/.../final`) into `target`,
+    weights cast to `dtype`, atomically: `target` is either the old adapter or the complete new one."""
+    source = adapter_folder(model_folder)
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     out = Path(target).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:
         weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in load_file(str(source / ADAPTER_WEIGHTS)).items()}
         save_file(weights, str(staging / ADAPTER_WEIGHTS))
         config = json.loads((source / ADAPTER_CONFIG).read_text(encoding="utf-8"))
@@ -49,13 +52,4 @@ def export_adapter(model_folder: str | os.PathLike[str], target: str | os.PathLi
         if isinstance(config.get("target_modules"), list):  # peft writes a set: sort it so re-exports diff cleanly
             config["target_modules"] = sorted(config["target_modules"])
         (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        backup = out.with_name(f".{out.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        if out.exists():
-            os.replace(out, backup)
-        os.replace(staging, out)
-        shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

@@ -14,29 +14,20 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from reamo.errors import CheckpointNotFoundError, ConfigError
+from reamo.errors import ConfigError
+from reamo.files import atomic_folder
+from reamo.model.embedded_default import SETTINGS_NAME
 from reamo.model.modeling_reamo import ADAPTER_DIR
-from reamo.tuning.export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DTYPES
+from reamo.tuning.export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DTYPES, adapter_folder
 
 _UNSUPPORTED = ("use_rslora", "use_dora")  # other scalings / decompositions: a stack would not add up exactly
 _PATTERNS = ("rank_pattern", "alpha_pattern")
-
-
-def _adapter_folder(folder: str | os.PathLike[str]) -> Path:
-    source = Path(folder).expanduser()
-    source = source / ADAPTER_DIR if (source / ADAPTER_DIR).is_dir() else source
-    if not (source / ADAPTER_WEIGHTS).is_file() or not (source / ADAPTER_CONFIG).is_file():
-        raise CheckpointNotFoundError(
-            f"no LoRA adapter in {source} (expected {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG}); pass a folder a tuning "
-            "run wrote, e.g. runs/default_smollm2/final, or its adapter folder")
-    return source
 
 
 def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -59,12 +50,13 @@ def soup_adapters(sources: Sequence[tuple[str | os.PathLike[str], float]], targe
                   dtype: str = "bfloat16") -> Path:
     """Write to `target` the adapter adding sum_i w_i * (what adapter i adds), for `sources` = [(folder, w_i), ...]
     of adapters on the same base and modules (weights may be negative: task arithmetic). `target` becomes a model
-    folder like the first source's (its other files copied), written atomically."""
+    folder like the first source's (its files copied, except the calibrated margins of `settings.json`, which
+    belong to that adapter: calibrate the soup's own), written atomically."""
     if not sources:
         raise ValueError("give at least one adapter to soup")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-    folders = [_adapter_folder(folder) for folder, _ in sources]
+    folders = [adapter_folder(folder) for folder, _ in sources]
     read = [_read(folder) for folder in folders]
     first_config, first_weights = read[0]
     for folder, (config, weights) in zip(folders[1:], read[1:]):
@@ -85,24 +77,13 @@ def soup_adapters(sources: Sequence[tuple[str | os.PathLike[str], float]], targe
 
     first_model = folders[0].parent if folders[0].name == ADAPTER_DIR else None
     out = Path(target).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:
         if first_model is not None:
             for item in first_model.iterdir():
-                if item.is_file():
+                if item.is_file() and item.name != SETTINGS_NAME:  # margins belong to the adapter they were set on
                     shutil.copy2(item, staging / item.name)
         adapter = staging / ADAPTER_DIR if first_model is not None else staging
         adapter.mkdir(exist_ok=True)
         save_file(stacked, str(adapter / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (adapter / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        backup = out.with_name(f".{out.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        if out.exists():
-            os.replace(out, backup)
-        os.replace(staging, out)
-        shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

@@ -13,8 +13,6 @@ import functools
 import logging
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from reamo.errors import CheckpointNotFoundError, ConfigError
+from reamo.files import atomic_folder
 from reamo.model.imagebind_encoder import EncodedModality, ImageBindEncoder, ImageBindEncoderConfig
 from reamo.model.prompt_lookup import PromptLookup
 from reamo.model.shared_prefix import (
@@ -306,9 +305,7 @@ class ReamoModel(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write config, LoRA adapter and projector (safetensors only) atomically: all of it or nothing."""
         target = Path(folder).expanduser()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_folder(target) as staging:
             self.config.save(staging)
             if self.projectors:
                 state = {k: v.detach().contiguous().cpu() for k, v in self.projectors.state_dict().items()}
@@ -318,17 +315,6 @@ class ReamoModel(nn.Module):
                 # cannot find for a local base and warns about at every checkpoint)
                 self.llm.save_pretrained(str(staging / ADAPTER_DIR), safe_serialization=True,
                                          save_embedding_layers=False)
-            if target.exists():
-                backup = target.with_name(f".{target.name}.old")
-                shutil.rmtree(backup, ignore_errors=True)
-                os.replace(target, backup)
-                os.replace(staging, target)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return target
 
     def prepare_for_inference(self, precision: str = "float32") -> str:
