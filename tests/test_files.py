@@ -65,3 +65,29 @@ def test_written_files_get_the_mode_of_any_new_file_not_a_private_one(tmp_path: 
     (tmp_path / "plain.md").write_text("# scores")
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == (tmp_path / "plain.md").stat().st_mode & 0o777
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_first_use_copy_of_the_llm_is_complete_or_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         tiny_llm_dir: Path) -> None:
+    """The dequantized LLM the default loads goes through the helper: a failed first use leaves nothing a later
+    run would mistake for the model, a good one a loadable folder (here a plain folder stands in for the GGUF)."""
+    from contextlib import contextmanager, nullcontext
+
+    from transformers import AutoModelForCausalLM
+
+    from reamo.model.embedded_default import _dequantized_copy
+
+    monkeypatch.setenv("REAMO_CACHE_DIR", str(tmp_path / "cache"))
+
+    @contextmanager
+    def vanished():
+        raise FileNotFoundError("the GGUF package is gone")
+        yield  # pragma: no cover
+
+    with pytest.raises(FileNotFoundError, match="GGUF package"):
+        _dequantized_copy("llm", vanished, "a second")
+    assert list((tmp_path / "cache").iterdir()) == []
+    folder = _dequantized_copy("llm", lambda: nullcontext((tiny_llm_dir, None)), "a second", eos_token="</s>")
+    assert folder == tmp_path / "cache" / "llm" and (folder / "model.safetensors").is_file()
+    assert AutoModelForCausalLM.from_pretrained(str(folder)).config.vocab_size > 0
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["llm"]

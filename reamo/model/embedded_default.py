@@ -12,7 +12,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reamo.errors import CheckpointNotFoundError, ConfigError
-from reamo.files import cache_root, user_config_dir
+from reamo.files import atomic_folder, cache_root, user_config_dir
 from reamo.model.modeling_reamo import ReamoConfig
 
 if TYPE_CHECKING:
@@ -130,9 +129,7 @@ def _dequantized_copy(cache_name: str, locate_gguf: Callable[[], AbstractContext
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{cache_name}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as staging:
         with locate_gguf() as (source, file_name):
             logger.info("first use: dequantizing %s into %s (%s, once)", file_name, target, how_long)
             tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=file_name)
@@ -146,12 +143,6 @@ def _dequantized_copy(cache_name: str, locate_gguf: Callable[[], AbstractContext
         model.is_quantized = False
         tokenizer.save_pretrained(str(staging))
         model.save_pretrained(str(staging), safe_serialization=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
