@@ -339,13 +339,14 @@ def soup_adapters(
     """Write the adapter that adds the weighted sum of what the given LoRA adapters add (a model soup; exact)."""
     parsed = []
     for source in sources:
-        folder, sep, weight = source.rpartition("=")
+        folder, _, weight = source.rpartition("=")
         try:
-            parsed.append((folder, float(weight)))
+            value = float(weight) if folder else None
         except ValueError:
-            sep = ""
-        if not sep or not folder:
+            value = None
+        if value is None:
             _fail(f"{source!r}: write each source as FOLDER=WEIGHT, e.g. runs/default_smollm2_sixth/final=0.5")
+        parsed.append((folder, value))
     try:
         from reamo.tuning.soup import soup_adapters as _soup
 

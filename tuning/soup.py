@@ -5,7 +5,7 @@ A LoRA adapter adds `scaling * B @ A` to each weight it targets. Averaging the A
 with A = [c_1 A_1; c_2 A_2; ...], B = [s_1 c_1 B_1, s_2 c_2 B_2, ...] and c_i = sqrt(|w_i| scaling_i), the stacked
 adapter of rank sum(r_i) adds exactly sum_i w_i scaling_i B_i @ A_i (s_i the sign of w_i). Loading merges the adapter
 into the base weights (`ReamoModel` folds LoRA in for inference), so the larger rank costs file size, not speed.
-Used to try soups of the default's tuning passes (model card, "Training").
+Used to try soups of the default's tuning passes (model card, "Limits, honestly").
 """
 
 from __future__ import annotations
