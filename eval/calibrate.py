@@ -435,13 +435,11 @@ def _span(mention: Any) -> Any:
     return (mention.span.start, mention.span.end) if mention.span else mention.text
 
 
-def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLike[str], limit: int = 500,
-                              seed: int = 0) -> dict[str, ThresholdCalibration]:
-    """Pick `trigger_none_bias` (best trigger F1) and then `argument_none_bias` (best argument F1 among the events
-    that margin keeps) on held-out M2E2 train sentences; write both into `out`."""
-    excluded = training_texts(recipes)
-    examples = held_out_m2e2_sentences(excluded, limit, seed)
+def _event_thresholds(agent: Any, examples: Sequence[Example]) -> tuple[ThresholdCalibration, ThresholdCalibration]:
+    """The trigger margin with the best held-out trigger F1, then the role margin with the best argument F1 among
+    the events that trigger margin keeps (the agent decides triggers as it is set up: by its head or by ranking)."""
     agent.settings.trigger_none_bias = -1e9  # every candidate's best type and every entity's best role, with margins
+    agent.settings.trigger_head_none_bias = -1e9 if getattr(agent, "trigger_head", None) is not None else None
     agent.settings.argument_none_bias = -1e9
     sentences = score_event_decisions(agent, examples)
     trigger_sentences = [([(m, c) for m, c, _ in s.triggers], s.n_triggers) for s in sentences]
@@ -452,15 +450,48 @@ def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLi
                           for s in sentences]
     arguments = best_threshold([a for scored, _ in argument_sentences for a in scored],
                                sum(s.n_arguments for s in sentences), len(examples))
-    arguments = _with_interval(arguments, argument_sentences)
+    return triggers, _with_interval(arguments, argument_sentences)
+
+
+def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLike[str], limit: int = 500,
+                              seed: int = 0) -> dict[str, ThresholdCalibration]:
+    """Pick `trigger_none_bias` (best trigger F1) and then `argument_none_bias` (best argument F1 among the events
+    that margin keeps) on held-out M2E2 train sentences; write both into `out`. With a trigger head, its own margin
+    (`trigger_head_none_bias`) and the arguments are calibrated on the events the head keeps, and the ranking's
+    margin again without the head (the head decides only requests whose event types it was fitted on)."""
+    excluded = training_texts(recipes)
+    examples = held_out_m2e2_sentences(excluded, limit, seed)
+    head = getattr(agent, "trigger_head", None)
     names = _recipe_names(recipes)
-    triggers, arguments = (c.model_copy(update={"n_excluded_texts": len(excluded)}) for c in (triggers, arguments))
-    for key, calibration, what in (("trigger_none_bias", triggers, "trigger"), ("argument_none_bias", arguments,
-                                                                                 "argument")):
+    writes: list[tuple[str, ThresholdCalibration, str, str, str]] = []  # key, calibration, what, how, details key
+    results: dict[str, ThresholdCalibration] = {}
+    triggers, arguments = _event_thresholds(agent, examples)
+    if head is not None:
+        writes.append(("trigger_head_none_bias", triggers, "trigger",
+                       f"margins of the trigger head (layer {head.config.layer}, `reamo fit-trigger-head`)",
+                       "trigger_head_calibration"))
+        results["trigger_head"] = triggers
+        agent.trigger_head = None
+        try:
+            ranked, _ = _event_thresholds(agent, examples)
+        finally:
+            agent.trigger_head = head
+        writes.append(("trigger_none_bias", ranked, "trigger", "margins of rank classification (requests with event "
+                       "types the trigger head was not fitted on)", "trigger_calibration"))
+        results["trigger"] = ranked
+    else:
+        writes.append(("trigger_none_bias", triggers, "trigger", "margins of rank classification",
+                       "trigger_calibration"))
+        results["trigger"] = triggers
+    writes.append(("argument_none_bias", arguments, "argument", "margins of rank classification",
+                   "argument_calibration"))
+    results["argument"] = arguments
+    for key, calibration, what, how, details in writes:
+        calibration = calibration.model_copy(update={"n_excluded_texts": len(excluded)})
         write_setting(out, key, calibration.bias, (
             f"calibrated on {len(examples)} M2E2 train sentences of the calibration slice no tuning pass trained on "
             f"({names}; seed {seed}; {calibration.n_gold} gold {what}s): {what} F1 {calibration.f1:.3f} there "
             f"({_interval_note(calibration)}; P {calibration.precision:.3f} / R {calibration.recall:.3f}); "
-            "reamo calibrate-events"),
-            calibration.model_dump(), about_key=f"{what}_calibration")
-    return {"trigger": triggers, "argument": arguments}
+            f"{how}; reamo calibrate-events"),
+            calibration.model_dump(), about_key=details)
+    return {name: c.model_copy(update={"n_excluded_texts": len(excluded)}) for name, c in results.items()}

@@ -20,12 +20,15 @@ from reamo.decisions import best_relations
 from reamo.errors import ConfigError, ExtractionError
 from reamo.media import MediaBundle, MediaLimits
 from reamo.model import ReamoModel
+from reamo.model.decision_heads import DecisionHead
 from reamo.model.embedded_default import (
     DEFAULT_NAMES,
     EMBEDDED_NAMES,
     LEXICON_NAME,
     SETTINGS_NAME,
+    SHIPPED_HEADS,
     SHIPPED_LEXICON,
+    TRIGGER_HEAD_NAME,
     load_default_model,
     read_settings,
     shipped_settings,
@@ -84,6 +87,12 @@ class AgentSettings(BaseModel):
         "freely (then `event_none_bias` applies). Calibrated on held-out M2E2 train sentences (`reamo "
         "calibrate-events`)",
     )
+    trigger_head_none_bias: float | None = Field(
+        default=None,
+        description="with trigger_none_bias and a trigger head (`reamo fit-trigger-head`) that knows every requested "
+        "event type: the head's margin of the best type over 'None' must beat this instead (its own scale, "
+        "calibrated by `reamo calibrate-events` when the model has a head); None = the head is not used",
+    )
     argument_none_bias: float | None = Field(
         default=None,
         description="with trigger_none_bias: an extracted entity becomes an argument of an event in the best role "
@@ -126,10 +135,12 @@ class Agent:
         registry: ToolRegistry | None = None,
         settings: AgentSettings | None = None,
         trigger_lexicon: TriggerLexicon | None = None,
+        trigger_head: DecisionHead | None = None,
     ) -> None:
         self.model = model
         self.settings = settings or AgentSettings()
         self.trigger_lexicon = trigger_lexicon  # words that triggered events in the model's tuning data
+        self.trigger_head = trigger_head  # event type of a trigger candidate from the LLM's state (`fit-trigger-head`)
         self.registry = registry if registry is not None else default_registry()
         self.dispatcher = Dispatcher(self.registry, timeout_s=self.settings.tool_timeout_s)
 
@@ -137,27 +148,29 @@ class Agent:
     def from_pretrained(cls, name_or_path: str = "default", **settings: Any) -> "Agent":
         """'default' = the embedded default (offline, CPU; tuned adapter when shipped), 'default-base' = its untuned
         base prompted few-shot, 'gemma3-270m' = the Gemma-3-270M base prompted few-shot (`reamo[gemma]`); otherwise
-        a folder written by `ReamoModel.save_pretrained`, with the settings.json and trigger lexicon found in it."""
-        lexicon_file = None
+        a folder written by `ReamoModel.save_pretrained`, with the settings.json, trigger lexicon and trigger head
+        found in it."""
+        lexicon_file = heads = None
         if name_or_path in EMBEDDED_NAMES:
             model, tuned = load_default_model(tuned=name_or_path in DEFAULT_NAMES, name=name_or_path)
             settings.setdefault("few_shot", not tuned)  # a tuned model is prompted as it was trained
             if tuned:
                 for key, value in shipped_settings().items():
                     settings.setdefault(key, value)
-                lexicon_file = SHIPPED_LEXICON
+                lexicon_file, heads = SHIPPED_LEXICON, SHIPPED_HEADS
         else:
             model = ReamoModel.from_pretrained(name_or_path)
             settings.setdefault("few_shot", False)
             folder = Path(name_or_path).expanduser()
-            lexicon_file = folder / LEXICON_NAME
+            lexicon_file, heads = folder / LEXICON_NAME, folder
             if (folder / SETTINGS_NAME).is_file():  # `reamo calibrate-* --model F --out F/settings.json`
                 for key, value in read_settings(folder / SETTINGS_NAME).items():
                     settings.setdefault(key, value)
         checked = AgentSettings(**settings)
         model.prepare_for_inference(checked.precision)
         lexicon = TriggerLexicon.load(lexicon_file) if lexicon_file is not None and lexicon_file.is_file() else None
-        return cls(model, settings=checked, trigger_lexicon=lexicon)
+        head = DecisionHead.load(heads, TRIGGER_HEAD_NAME) if heads is not None else None
+        return cls(model, settings=checked, trigger_lexicon=lexicon, trigger_head=head)
 
     # -- the pipeline ----------------------------------------------------------------------------------------------
     def load_media(self, image: Any = None, audio: Any = None, video: Any = None) -> MediaBundle:

@@ -358,6 +358,36 @@ def soup_adapters(
                   "calibrate-events)")
 
 
+@app.command("fit-trigger-head")
+def fit_trigger_head_command(
+    out: Path = typer.Argument(..., help="Folder to write trigger_head.safetensors + .json into: the model folder "
+                                         "(maintainers refitting the shipped default: reamo/weights/default)."),
+    model: str = typer.Option("default", "--model", "-m", help="'default' or a model folder."),
+    layer: int = typer.Option(24, "--layer", min=1, help="Which hidden state the head reads (0 = embeddings)."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", min=0.0, help="L2 penalty of the fit."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only the first N M2E2 train sentences."),
+) -> None:
+    """Fit the trigger head (event type of a trigger candidate read from the LLM's hidden state) on the M2E2 train
+    sentences the event decisions are tuned on; then calibrate its margin with `reamo calibrate-events`."""
+    from reamo.model.embedded_default import TRIGGER_HEAD_NAME
+    from reamo.tuning.decisions import m2e2_for_decisions
+    from reamo.tuning.heads import fit_trigger_head
+
+    try:
+        agent = _load_agent(model, 160)
+        layers = agent.model.llm.config.get_text_config().num_hidden_layers
+        if layer > layers:
+            _fail(f"--layer {layer}: the model has {layers} layers; choose 1-{layers}")
+        examples = m2e2_for_decisions("train")[:limit]
+        head = fit_trigger_head(agent, examples, layer=layer, weight_decay=weight_decay,
+                                source=f"{model}: {len(examples)} M2E2 train sentences (calibration slice kept out)")
+    except (ReamoError, ValueError) as err:
+        _fail(str(err))
+    head.save(out, TRIGGER_HEAD_NAME)
+    console.print(f"trigger head written to {out} ({head.config.n_examples} candidates, {head.config.n_positive} "
+                  f"triggers); calibrate its margin: reamo calibrate-events --model <the model> --out <its settings.json>")
+
+
 @app.command("eval")
 def evaluate(
     data: str = typer.Argument(..., help="gmner:dev | mnre:val | m2e2:dev | a jsonl file of examples"),

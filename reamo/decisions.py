@@ -250,7 +250,9 @@ def scores_events(request: "PreparedRequest") -> bool:
 def decide_events_by_scoring(agent: "Agent", batch: Sequence[tuple["PreparedRequest", Result]],
                              lexicon: TriggerLexicon | None) -> None:
     """Event extraction by candidate scoring. Each trigger candidate (`trigger_candidates`) is asked as a trigger
-    of each requested event type or of none; a type wins when it beats "None" by more than `trigger_none_bias`.
+    of each requested event type or of none (by the agent's trigger head on the LLM's state when it has one that
+    knows the requested types, else by rank classification); a type wins when it beats "None" by more than
+    `trigger_head_none_bias` or `trigger_none_bias`, the margin calibrated for the way it was decided.
     Then each extracted entity of the event's window is asked in each role the event type has (`event_roles`) or
     none; a role wins above `argument_none_bias`. Replaces the events the model wrote freely."""
     settings = agent.settings
@@ -273,9 +275,9 @@ def decide_events_by_scoring(agent: "Agent", batch: Sequence[tuple["PreparedRequ
             items.append(segment_item(segment, trigger_answers(types, end), request.features))
             owners.append((row, index, window, candidate, types))
     events: dict[int, list[Event]] = {row: [] for row in rows}
-    for (row, index, window, candidate, types), scores in zip(owners, agent.model.score_continuations(items)):
-        best, margin = best_over_none(scores)
-        if margin > settings.trigger_none_bias:
+    for (row, index, window, candidate, types), (best, margin, bias) in zip(owners,
+                                                                          _trigger_decisions(agent, items, owners)):
+        if margin > bias:
             span = candidate.span
             trigger = Mention(text=candidate.text, span=TextSpan(start=span.start + window.start,
                                                                  end=span.end + window.start) if span else None)
@@ -285,6 +287,30 @@ def decide_events_by_scoring(agent: "Agent", batch: Sequence[tuple["PreparedRequ
     _decide_arguments(agent, batch, events)
     for row in rows:
         batch[row][1].events = events[row]
+
+
+def _trigger_decisions(agent: "Agent", items: list[ScoringItem],
+                       owners: list[tuple[int, int, Window, Mention, list[str]]]) -> list[tuple[int, float, float]]:
+    """Each trigger candidate's best event type, its margin over "None" and the margin it must beat: read by the
+    agent's trigger head from the LLM's state at the answer start where the head knows every requested type and has
+    a calibrated margin (`trigger_head_none_bias`), else by rank classification (`trigger_none_bias`)."""
+    settings = agent.settings
+    head = agent.trigger_head if settings.trigger_head_none_bias is not None else None
+    out: list[tuple[int, float, float] | None] = [None] * len(items)
+    by_head = [k for k, owner in enumerate(owners) if head is not None and head.covers(owner[4])]
+    if by_head:
+        assert head is not None and settings.trigger_head_none_bias is not None
+        start = head.config.answer_start
+        states = agent.model.answer_start_states(
+            [items[k].model_copy(update={"continuations": [start]}) for k in by_head], head.config.layer)
+        for k, state in zip(by_head, states, strict=True):
+            best, margin = head.best_over_none(state.unsqueeze(0), owners[k][4])[0]
+            out[k] = (best, margin, settings.trigger_head_none_bias)
+    rest = [k for k in range(len(items)) if out[k] is None]
+    assert settings.trigger_none_bias is not None
+    for k, scores in zip(rest, agent.model.score_continuations([items[k] for k in rest])):
+        out[k] = (*best_over_none(scores), settings.trigger_none_bias)
+    return out  # type: ignore[return-value]
 
 
 def _decide_arguments(agent: "Agent", batch: Sequence[tuple["PreparedRequest", Result]],

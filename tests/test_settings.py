@@ -145,6 +145,41 @@ def test_event_calibration_reports_what_it_wrote(tmp_path: Path, monkeypatch: py
         "trigger_none_bias"]
 
 
+def test_event_calibration_with_a_trigger_head_calibrates_the_head_and_the_ranking(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a trigger head, the head's margin and the arguments come from the head's events, and the ranking's
+    margin (for event types the head does not know) from a second run without the head; the head is put back."""
+    from types import SimpleNamespace
+
+    from reamo.eval import calibrate
+
+    monkeypatch.setattr(calibrate, "training_texts", lambda recipes: {"a"})
+    monkeypatch.setattr(calibrate, "held_out_m2e2_sentences", lambda excluded, limit, seed=0: ["s1", "s2"])
+    head = SimpleNamespace(config=SimpleNamespace(layer=24))
+    by_head = [calibrate.ScoredEventSentence(triggers=[(3.0, True, [(0.5, True)]), (2.0, False, [])], n_triggers=1,
+                                             n_arguments=1)]
+    by_ranking = [calibrate.ScoredEventSentence(triggers=[(-0.5, True, [(-3.0, False)]), (-1.5, False, [])],
+                                                n_triggers=1, n_arguments=1)]
+    seen = []
+
+    def score(agent, examples):
+        seen.append((agent.trigger_head, agent.settings.trigger_head_none_bias))
+        return by_head if agent.trigger_head is not None else by_ranking
+
+    monkeypatch.setattr(calibrate, "score_event_decisions", score)
+    agent = SimpleNamespace(trigger_head=head, settings=SimpleNamespace(
+        trigger_none_bias=None, trigger_head_none_bias=None, argument_none_bias=None))
+    out = tmp_path / "settings.json"
+    result = calibrate.calibrate_event_decisions(agent, [tmp_path / "r.yaml"], out)
+    assert seen == [(head, -1e9), (None, None)] and agent.trigger_head is head
+    written = json.loads(out.read_text())
+    assert 2.0 <= written["trigger_head_none_bias"] < 3.0 and -1.5 <= written["trigger_none_bias"] < -0.5
+    assert written["argument_none_bias"] < 0.5  # the head's event keeps its right argument
+    assert "trigger head (layer 24" in written["_about"]["trigger_head_none_bias"]
+    assert written["_about"]["trigger_head_calibration"] == result["trigger_head"].model_dump(mode="json")
+    assert written["_about"]["trigger_calibration"] == result["trigger"].model_dump(mode="json")
+
+
 def test_triple_calibration_writes_its_margin_with_the_interval_of_its_f1(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace

@@ -47,6 +47,8 @@ SETTINGS_NAME = "settings.json"
 # Words that triggered events in the adapter's tuning data (`reamo.candidates.TriggerLexicon`): where a model keeps it
 LEXICON_NAME = "trigger_lexicon.json"
 SHIPPED_LEXICON = SHIPPED_ADAPTER.parent / LEXICON_NAME
+TRIGGER_HEAD_NAME = "trigger_head"  # trigger_head.safetensors + trigger_head.json (`reamo fit-trigger-head`)
+SHIPPED_HEADS = SHIPPED_ADAPTER.parent
 
 
 def user_settings_path() -> Path:

@@ -769,6 +769,45 @@ class ReamoModel(nn.Module):
                     self._score_tree(len(key), key_values, chunk, out)
         return out
 
+    def answer_start_states(self, items: Sequence[ScoringItem], layer: int, batch_size: int = 16) -> torch.Tensor:
+        """For each item, the hidden state (`hidden_states[layer]`, 0 = embeddings) at the last token of its prompt
+        followed by its one continuation, the answer start ("Events:"): what a `DecisionHead` reads. Prompts share
+        their cached start as in `score_continuations`; the continuation is tokenized on its own, as in training."""
+        if any(len(item.continuations) != 1 for item in items):
+            raise ValueError("answer_start_states takes one continuation (the answer start) per item")
+        out: list[torch.Tensor | None] = [None] * len(items)
+        with self._lock, torch.no_grad():
+            groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+            for index, item in enumerate(items):
+                ids = self.tokenize_with_placeholders(item.prompt)
+                ids += self.tokenizer(item.continuations[0], add_special_tokens=False)["input_ids"]
+                if any(token < 0 for token in ids):  # media embeddings: each item on its own
+                    embeds = self.embed(ids, item.media or {}).unsqueeze(0)
+                    hidden = self.llm(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
+                                      device=self.device), output_hidden_states=True, logits_to_keep=1).hidden_states
+                    out[index] = hidden[layer][0, -1].float().cpu()
+                    continue
+                length = min(self.shared_prefix_length(ids, item.prefix), len(ids) - 1)
+                groups.setdefault(tuple(ids[:length]), []).append((index, ids[length:]))
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            for key, members in groups.items():
+                key_values = self._prefix_key_values(key) if key else None
+                for start in range(0, len(members), batch_size):
+                    chunk = members[start:start + batch_size]
+                    width = max(len(rest) for _, rest in chunk)
+                    ids = torch.tensor([rest + [pad] * (width - len(rest)) for _, rest in chunk], device=self.device)
+                    mask = torch.tensor([[1] * (len(key) + len(rest)) + [0] * (width - len(rest)) for _, rest in chunk],
+                                        device=self.device)
+                    positions = torch.arange(len(key), len(key) + width, device=self.device).expand(len(chunk), -1)
+                    kwargs: dict[str, Any] = {}
+                    if key_values is not None:
+                        kwargs[self._cache_argument()] = self._cache_from(key_values, len(chunk))
+                    hidden = self.llm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                                      output_hidden_states=True, logits_to_keep=1, **kwargs).hidden_states[layer]
+                    for row, (index, rest) in enumerate(chunk):
+                        out[index] = hidden[row, len(rest) - 1].float().cpu()
+        return torch.stack(out) if out else torch.zeros(0)  # type: ignore[arg-type]
+
     def _score_tree(self, prefix_length: int, key_values: KeyValues | None,
                     chunk: list[tuple[int, list[int], list[list[int]]]], out: list[list[float]]) -> None:
         """One forward over the token tree of the chunk's `rest + answer` sequences (see `score_continuations`)."""
