@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from reamo.candidates import TriggerLexicon, pair_candidates
+from reamo.candidates import TaggedWord, TriggerLexicon, pair_candidates
 from reamo.model.shared_prefix import ScoringItem
 from reamo.ontology import allowed_relations, event_roles, is_symmetric
 from reamo.prompting import Question, argument_question, build_messages, trigger_question
@@ -247,6 +247,19 @@ def scores_events(request: "PreparedRequest") -> bool:
     return "ee" in request.tasks
 
 
+def trigger_items(agent: "Agent", request: "PreparedRequest", window: Window, words: Sequence[TaggedWord],
+                  lexicon: TriggerLexicon | None, answers: list[str]) -> list[tuple[Mention, ScoringItem]]:
+    """Each trigger candidate of a tagged window (span relative to the window) with the item asking about it, as
+    the agent asks and as the trigger head is fitted (`reamo.tuning.heads`)."""
+    from reamo.candidates import trigger_candidates
+
+    out = []
+    for candidate in trigger_candidates(words, request.labels.event_types, lexicon):
+        segment = question_segment(agent, request, window, ("ee",), question=trigger_question(candidate.text))
+        out.append((candidate, segment_item(segment, answers, request.features)))
+    return out
+
+
 def decide_events_by_scoring(agent: "Agent", batch: Sequence[tuple["PreparedRequest", Result]],
                              lexicon: TriggerLexicon | None) -> None:
     """Event extraction by candidate scoring. Each trigger candidate (`trigger_candidates`) is asked as a trigger
@@ -258,7 +271,7 @@ def decide_events_by_scoring(agent: "Agent", batch: Sequence[tuple["PreparedRequ
     settings = agent.settings
     if settings.trigger_none_bias is None:
         return
-    from reamo.candidates import tag, trigger_candidates
+    from reamo.candidates import tag
 
     end = agent.model.tokenizer.eos_token or ""
     rows = [row for row, (request, _) in enumerate(batch) if scores_events(request)]
@@ -270,9 +283,8 @@ def decide_events_by_scoring(agent: "Agent", batch: Sequence[tuple["PreparedRequ
     for (row, index, window), words in zip(windows, tagged, strict=True):
         request = batch[row][0]
         types = list(request.labels.event_types)
-        for candidate in trigger_candidates(words, types, lexicon):
-            segment = question_segment(agent, request, window, ("ee",), question=trigger_question(candidate.text))
-            items.append(segment_item(segment, trigger_answers(types, end), request.features))
+        for candidate, item in trigger_items(agent, request, window, words, lexicon, trigger_answers(types, end)):
+            items.append(item)
             owners.append((row, index, window, candidate, types))
     events: dict[int, list[Event]] = {row: [] for row in rows}
     for (row, index, window, candidate, types), (best, margin, bias) in zip(owners,

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from reamo.candidates import tag, trigger_candidates
+from reamo.candidates import tag
 from reamo.datasets import M2E2_ENTITY_TYPES, M2E2_EVENT_TYPES, Example
-from reamo.decisions import question_segment, segment_item
+from reamo.decisions import trigger_items
 from reamo.model.decision_heads import NO_LABEL, DecisionHead, DecisionHeadConfig
-from reamo.prompting import trigger_question
 from reamo.schema import Labels
 
 if TYPE_CHECKING:
@@ -47,10 +46,10 @@ def trigger_states(agent: "Agent", examples: Sequence[Example], event_types: Seq
         items = []
         for (example, request, window), words in zip(windows, tag([w.text for _, _, w in windows]), strict=True):
             gold = {(e.trigger.span.start, e.trigger.span.end): e.type for e in example.gold.events if e.trigger.span}
-            for candidate in trigger_candidates(words, event_types, agent.trigger_lexicon):
+            for candidate, item in trigger_items(agent, request, window, words, agent.trigger_lexicon,
+                                                 [TRIGGER_ANSWER_START]):
                 assert candidate.span is not None
-                segment = question_segment(agent, request, window, ("ee",), question=trigger_question(candidate.text))
-                items.append(segment_item(segment, [TRIGGER_ANSWER_START], request.features))
+                items.append(item)
                 targets.append(gold.get((candidate.span.start + window.start, candidate.span.end + window.start)))
         if items:
             states.append(agent.model.answer_start_states(items, layer))
