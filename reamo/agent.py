@@ -170,6 +170,9 @@ class Agent:
         model.prepare_for_inference(checked.precision)
         lexicon = TriggerLexicon.load(lexicon_file) if lexicon_file is not None and lexicon_file.is_file() else None
         head = DecisionHead.load(heads, TRIGGER_HEAD_NAME) if heads is not None else None
+        if head is not None:
+            text_config = model.llm.config.get_text_config()
+            head.check_fits(text_config.hidden_size, text_config.num_hidden_layers, str(heads))
         return cls(model, settings=checked, trigger_lexicon=lexicon, trigger_head=head)
 
     # -- the pipeline ----------------------------------------------------------------------------------------------

@@ -130,3 +130,26 @@ def test_fit_trigger_head_labels_candidates_by_their_gold_span(agent: Agent) -> 
     no_events = [e.model_copy(update={"gold": Result()}) for e in examples]
     with pytest.raises(ValueError, match="candidates that are triggers"):
         fit_trigger_head(agent, no_events, TYPES, layer=1)
+
+
+def test_a_broken_or_foreign_head_is_a_clear_error(tmp_path) -> None:
+    from reamo.errors import ConfigError
+
+    head = DecisionHead(head_config(16))
+    head.save(tmp_path, "trigger_head")
+    (tmp_path / "trigger_head.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="cannot be loaded.*reamo fit-trigger-head"):
+        DecisionHead.load(tmp_path, "trigger_head")
+    head.save(tmp_path, "trigger_head")
+    (tmp_path / "trigger_head.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        DecisionHead.load(tmp_path, "trigger_head")
+    DecisionHead(head_config(8)).save(tmp_path, "trigger_head")
+    (tmp_path / "trigger_head.json").write_text(head_config(16).model_dump_json(), encoding="utf-8")
+    with pytest.raises(ConfigError, match="cannot be loaded"):  # tensors of another width than the config says
+        DecisionHead.load(tmp_path, "trigger_head")
+    head.check_fits(16, 4, "here")
+    with pytest.raises(ConfigError, match="fitted on another model"):
+        head.check_fits(32, 4, "here")
+    with pytest.raises(ConfigError, match="fitted on another model"):
+        DecisionHead(head_config(16, layer=9)).check_fits(16, 4, "here")

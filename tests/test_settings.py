@@ -118,6 +118,18 @@ def test_a_tuned_model_folder_carries_its_calibrated_settings(tmp_path: Path, ti
     (folder / "settings.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ConfigError, match="settings.json: agent settings must be a JSON object"):
         Agent.from_pretrained(str(folder))
+    # the folder's trigger head travels with it too, and one fitted on another model is refused at load
+    from reamo.model.decision_heads import DecisionHead, DecisionHeadConfig
+
+    (folder / "settings.json").unlink()
+    hidden = Agent.from_pretrained(str(folder)).model.llm.config.hidden_size
+    DecisionHead(DecisionHeadConfig(layer=1, labels=["None", "Contact:Meet"], hidden_size=hidden,
+                                    answer_start="Events:")).save(folder, "trigger_head")
+    assert Agent.from_pretrained(str(folder)).trigger_head.config.labels == ["None", "Contact:Meet"]
+    DecisionHead(DecisionHeadConfig(layer=1, labels=["None", "Contact:Meet"], hidden_size=hidden + 1,
+                                    answer_start="Events:")).save(folder, "trigger_head")
+    with pytest.raises(ConfigError, match="fitted on another model"):
+        Agent.from_pretrained(str(folder))
 
 
 def test_event_calibration_reports_what_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

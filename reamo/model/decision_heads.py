@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from reamo.errors import ConfigError
 from reamo.files import atomic_path, write_atomic
 
 NO_LABEL = "None"
@@ -119,6 +121,19 @@ class DecisionHead(nn.Module):
         weights, config_file = folder / f"{name}.safetensors", folder / f"{name}.json"
         if not weights.is_file() or not config_file.is_file():
             return None
-        head = cls(DecisionHeadConfig.model_validate(json.loads(config_file.read_text(encoding="utf-8"))))
-        head.load_state_dict(load_file(str(weights)))
+        try:
+            head = cls(DecisionHeadConfig.model_validate(json.loads(config_file.read_text(encoding="utf-8"))))
+            head.load_state_dict(load_file(str(weights)))
+        except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # bad JSON, config, file or shapes
+            raise ConfigError(f"the decision head {name!r} in {folder} cannot be loaded ({error}); refit it (e.g. "
+                              f"reamo fit-trigger-head {folder}) or remove {weights.name} and {config_file.name}"
+                              ) from error
         return head.requires_grad_(False).eval()
+
+    def check_fits(self, hidden_size: int, layers: int, where: str) -> None:
+        """A ConfigError unless the head reads a state this model has (a head fitted on another model would fail
+        at the first request, or silently read the wrong layer)."""
+        if self.config.hidden_size != hidden_size or not 0 <= self.config.layer <= layers:
+            raise ConfigError(f"the decision head in {where} reads layer {self.config.layer} of width "
+                              f"{self.config.hidden_size}, but the model has {layers} layers of width {hidden_size}: "
+                              f"it was fitted on another model; refit it with reamo fit-trigger-head")
