@@ -315,9 +315,13 @@ def _trigger_decisions(agent: "Agent", items: list[ScoringItem],
         start = head.config.answer_start
         states = agent.model.answer_start_states(
             [items[k].model_copy(update={"continuations": [start]}) for k in by_head], head.config.layer)
-        for k, state in zip(by_head, states, strict=True):
-            best, margin = head.best_over_none(state.unsqueeze(0), owners[k][4])[0]
-            out[k] = (best, margin, settings.trigger_head_none_bias)
+        groups: dict[tuple[str, ...], list[int]] = {}  # one head call per requested type list
+        for row, k in enumerate(by_head):
+            groups.setdefault(tuple(owners[k][4]), []).append(row)
+        for types, rows in groups.items():
+            decided = head.best_over_none(states[rows], list(types))
+            for row, (best, margin) in zip(rows, decided, strict=True):
+                out[by_head[row]] = (best, margin, settings.trigger_head_none_bias)
     rest = [k for k in range(len(items)) if out[k] is None]
     assert settings.trigger_none_bias is not None
     for k, scores in zip(rest, agent.model.score_continuations([items[k] for k in rest])):
