@@ -62,5 +62,7 @@ pip_install --no-deps "imagebind-unofficial==0.1.1" -e . || fail "pip could not 
   tests/test_tuning.py::test_adapter_soup_adds_exactly_the_weighted_sum_of_what_each_adapter_adds \
   tests/test_decision_heads.py::test_answer_start_states_equal_a_plain_forward \
   tests/test_decision_heads.py::test_fit_learns_separable_states_and_survives_a_save \
+  tests/test_relation_head.py::test_given_pairs_use_the_relation_head_where_it_knows_the_relations \
+  tests/test_relation_head.py::test_full_triples_use_the_relation_head_with_its_own_margin \
   || fail "the tiny-model tests fail with the minimum versions above: fix the incompatibility or raise the bound"
 echo "min_versions: the declared minimum versions pass the tiny-model tests"

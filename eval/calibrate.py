@@ -82,7 +82,7 @@ def score_pairs(agent: Any, examples: Sequence[Example], batch_size: int = 8) ->
             requests.append(agent.prepare(example.text, None, None, None, spec.tasks, spec.labels,
                                           [(head.text, tail.text)]))
         for example, decided in zip(chunk, best_relations(agent, requests), strict=True):
-            relation, margin = decided[0]
+            relation, margin, _ = decided[0]
             out.append(PairScore(id=example.id, gold=str(example.meta["relation"]),
                                  label=spec.relation_aliases.get(relation, relation), margin=margin))
         progress.update(len(chunk))
@@ -132,26 +132,53 @@ def _recipe_names(recipes: Recipes) -> str:
 
 
 def calibrate(agent: Any, recipes: Recipes, out: str | os.PathLike[str], limit: int = 300,
-              seed: int = 0) -> Calibration:
-    """Score held-out train pairs, pick the margin, write {"pair_none_bias": b, "_about": ...} into `out`."""
+              seed: int = 0) -> Calibration | dict[str, Calibration]:
+    """Score held-out train pairs, pick the margin, write {"pair_none_bias": b, "_about": ...} into `out`. With a
+    relation head (`reamo fit-relation-head`) first the head's margin (`pair_head_none_bias`) on the head's
+    decisions, then rank classification's without the head (it decides requests whose relations the head was not
+    fitted on); the head's margin is written as null (the head unused) when its held-out F1 is below the ranking's.
+    Returns both by name ("pair_head", "pair") then, else the one calibration."""
     excluded = training_texts(recipes)
     examples = held_out_pairs(excluded, limit, seed)
+    names = _recipe_names(recipes)
+    head = getattr(agent, "relation_head", None)
+    if head is None:
+        return _calibrate_pairs(agent, examples, out, "pair_none_bias", "calibration", len(excluded), names, seed, "")
+    before = agent.settings.pair_head_none_bias
+    agent.settings.pair_head_none_bias = -1e9  # the head decides; every pair's best relation with its margin
+    try:
+        by_head = _calibrate_pairs(agent, examples, out, "pair_head_none_bias", "pair_head_calibration",
+                                   len(excluded), names, seed, f"; margins of the relation head (layer "
+                                   f"{head.config.layer}, `reamo fit-relation-head`)")
+        agent.relation_head = None
+        ranked = _calibrate_pairs(agent, examples, out, "pair_none_bias", "calibration", len(excluded), names, seed,
+                                  "; margins of rank classification (requests with relations the relation head was "
+                                  "not fitted on)")
+    finally:
+        agent.relation_head, agent.settings.pair_head_none_bias = head, before
+    _keep_head_if_better(out, "pair_head_none_bias", by_head, ranked, "pair_head_calibration", "micro F1")
+    return {"pair_head": by_head, "pair": ranked}
+
+
+def _calibrate_pairs(agent: Any, examples: Sequence[Example], out: str | os.PathLike[str], key: str, about_key: str,
+                     n_excluded: int, names: str, seed: int, how: str) -> Calibration:
+    """Score `examples` as the agent decides given pairs now, pick the margin, write it as `key` into `out`."""
     scores = score_pairs(agent, examples)
     calibration = best_bias(scores)
     pairs = [([(s.margin, s.label == s.gold)], int(s.gold != NO_RELATION)) for s in scores]
-    calibration = calibration.model_copy(update={"n_excluded_texts": len(excluded),
+    calibration = calibration.model_copy(update={"n_excluded_texts": n_excluded,
                                                  "f1_interval": f1_interval(pairs, calibration.bias)})
     low, high = calibration.f1_interval
-    write_setting(out, "pair_none_bias", calibration.bias, (
+    write_setting(out, key, calibration.bias, (
         f"calibrated on {calibration.n_pairs} MNRE train pairs whose sentences no tuning pass trained on "
-        f"({_recipe_names(recipes)}; seed {seed}): micro F1 {calibration.f1:.3f} there (90% interval {low:.3f}-"
-        f"{high:.3f} redrawing the pairs) vs {calibration.argmax_f1:.3f} with the plain most-likely answer; "
+        f"({names}; seed {seed}): micro F1 {calibration.f1:.3f} there (90% interval {low:.3f}-"
+        f"{high:.3f} redrawing the pairs) vs {calibration.argmax_f1:.3f} with the plain most-likely answer{how}; "
         "reamo calibrate-pairs"),
-        calibration.model_dump(), about_key="calibration", drop=("pair_relation_threshold",))
+        calibration.model_dump(), about_key=about_key, drop=("pair_relation_threshold",))
     return calibration
 
 
-def write_setting(out: str | os.PathLike[str], key: str, value: float, about: str, details: dict[str, Any],
+def write_setting(out: str | os.PathLike[str], key: str, value: float | None, about: str, details: dict[str, Any],
                   about_key: str, drop: Sequence[str] = ()) -> None:
     """Set one AgentSettings value in a settings.json (atomically), with why in its "_about" entry."""
     target = Path(out)
@@ -374,21 +401,60 @@ def _triple(head: Any, label: str, tail: Any) -> tuple:
 
 
 def calibrate_triples(agent: Any, recipes: Recipes, out: str | os.PathLike[str], limit: int = 300,
-                      seed: int = 0) -> ThresholdCalibration:
-    """Pick `triple_none_bias` for the best triple F1 on held-out MNRE train sentences; write it into `out`."""
+                      seed: int = 0) -> ThresholdCalibration | dict[str, ThresholdCalibration]:
+    """Pick `triple_none_bias` for the best triple F1 on held-out MNRE train sentences; write it into `out`. With a
+    relation head, first its own margin (`triple_head_none_bias`), then rank classification's without the head (the
+    head's margin written as null when its held-out F1 is below the ranking's); returns both by name ("triple_head",
+    "triple") then, else the one calibration."""
     excluded = training_texts(recipes)
     examples = held_out_mnre_sentences(excluded, limit, seed)
+    names = _recipe_names(recipes)
+    head = getattr(agent, "relation_head", None)
+    if head is None:
+        return _calibrate_triples(agent, examples, out, "triple_none_bias", "triple_calibration", len(excluded),
+                                  names, seed, "")
+    before = agent.settings.triple_head_none_bias
+    agent.settings.triple_head_none_bias = -1e9  # the head decides
+    try:
+        by_head = _calibrate_triples(agent, examples, out, "triple_head_none_bias", "triple_head_calibration",
+                                     len(excluded), names, seed, f"; margins of the relation head (layer "
+                                     f"{head.config.layer}, `reamo fit-relation-head`)")
+        agent.relation_head = None
+        ranked = _calibrate_triples(agent, examples, out, "triple_none_bias", "triple_calibration", len(excluded),
+                                    names, seed, "; margins of rank classification (requests with relations the "
+                                    "relation head was not fitted on)")
+    finally:
+        agent.relation_head, agent.settings.triple_head_none_bias = head, before
+    _keep_head_if_better(out, "triple_head_none_bias", by_head, ranked, "triple_head_calibration", "triple F1")
+    return {"triple_head": by_head, "triple": ranked}
+
+
+def _keep_head_if_better(out: str | os.PathLike[str], key: str, by_head: Calibration | ThresholdCalibration,
+                         ranked: Calibration | ThresholdCalibration, about_key: str, what: str) -> None:
+    """A head decides only where it is at least as good as rank classification on the same held-out slice: else its
+    margin is written as null (the head unused for that decision), with why."""
+    if by_head.f1 >= ranked.f1:
+        return
+    write_setting(out, key, None, (
+        f"not used: on the same held-out slice the head's best {what} ({by_head.f1:.3f} at margin {by_head.bias}) is "
+        f"below rank classification's ({ranked.f1:.3f}), so rank classification decides; the head's calibration "
+        f"is kept in {about_key}"), by_head.model_dump(), about_key=about_key)
+
+
+def _calibrate_triples(agent: Any, examples: Sequence[Example], out: str | os.PathLike[str], key: str, about_key: str,
+                       n_excluded: int, names: str, seed: int, how: str) -> ThresholdCalibration:
+    """Extract `examples` as the agent decides triples now (no threshold), pick the margin, write it as `key`."""
     agent.settings.triple_none_bias = -1e9  # every pair's best relation, with its margin
     sentences = score_triples(agent, examples)
     n_gold = sum(gold for _, gold in sentences)
     calibration = _with_interval(best_threshold([c for scored, _ in sentences for c in scored], n_gold,
                                                 len(examples)), sentences)
-    calibration = calibration.model_copy(update={"n_excluded_texts": len(excluded)})
-    write_setting(out, "triple_none_bias", calibration.bias, (
+    calibration = calibration.model_copy(update={"n_excluded_texts": n_excluded})
+    write_setting(out, key, calibration.bias, (
         f"calibrated on {calibration.n_sentences} MNRE train sentences ({n_gold} gold triples) no tuning pass trained "
-        f"on ({_recipe_names(recipes)}; seed {seed}): triple F1 {calibration.f1:.3f} there ({_interval_note(calibration)}; "
-        f"P {calibration.precision:.3f} / R {calibration.recall:.3f}); reamo calibrate-triples"), calibration.model_dump(),
-        about_key="triple_calibration")
+        f"on ({names}; seed {seed}): triple F1 {calibration.f1:.3f} there ({_interval_note(calibration)}; "
+        f"P {calibration.precision:.3f} / R {calibration.recall:.3f}){how}; reamo calibrate-triples"),
+        calibration.model_dump(), about_key=about_key)
     return calibration
 
 
@@ -458,7 +524,8 @@ def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLi
     """Pick `trigger_none_bias` (best trigger F1) and then `argument_none_bias` (best argument F1 among the events
     that margin keeps) on held-out M2E2 train sentences; write both into `out`. With a trigger head, its own margin
     (`trigger_head_none_bias`) and the arguments are calibrated on the events the head keeps, and the ranking's
-    margin again without the head (the head decides only requests whose event types it was fitted on)."""
+    margin again without the head (the head decides only requests whose event types it was fitted on, and only when
+    its held-out trigger F1 is at least the ranking's: else its margin is written as null)."""
     excluded = training_texts(recipes)
     examples = held_out_m2e2_sentences(excluded, limit, seed)
     head = getattr(agent, "trigger_head", None)
@@ -473,12 +540,14 @@ def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLi
         results["trigger_head"] = triggers
         agent.trigger_head = None
         try:
-            ranked, _ = _event_thresholds(agent, examples)
+            ranked, ranked_arguments = _event_thresholds(agent, examples)
         finally:
             agent.trigger_head = head
         writes.append(("trigger_none_bias", ranked, "trigger", "margins of rank classification (requests with event "
                        "types the trigger head was not fitted on)", "trigger_calibration"))
         results["trigger"] = ranked
+        if triggers.f1 < ranked.f1:  # the head is not used (see `_keep_head_if_better`): arguments of ranked events
+            arguments = ranked_arguments
     else:
         writes.append(("trigger_none_bias", triggers, "trigger", "margins of rank classification",
                        "trigger_calibration"))
@@ -494,4 +563,7 @@ def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLi
             f"({_interval_note(calibration)}; P {calibration.precision:.3f} / R {calibration.recall:.3f}); "
             f"{how}; reamo calibrate-events"),
             calibration.model_dump(), about_key=details)
+    if head is not None:
+        _keep_head_if_better(out, "trigger_head_none_bias", results["trigger_head"], results["trigger"],
+                             "trigger_head_calibration", "trigger F1")
     return {name: c.model_copy(update={"n_excluded_texts": len(excluded)}) for name, c in results.items()}

@@ -444,11 +444,20 @@ def run_eval(
     settings = getattr(agent, "settings", None)
     if source == "mnre" and settings is not None and not triples:
         bias = getattr(settings, "pair_none_bias", None)
-        notes.append("reamo is given each gold pair; " + (
-            "it ranks None and every relation by the model's log-likelihood of writing it and names the best "
-            f"relation when it beats None by more than {bias} (margin calibrated on held-out MNRE train pairs, "
-            "`reamo calibrate-pairs`)" if bias is not None
-            else "greedy decoding decides between a relation and None"))
+        head_bias = getattr(settings, "pair_head_none_bias", None)
+        relation_head = getattr(agent, "relation_head", None)
+        if bias is not None and head_bias is not None and relation_head is not None \
+                and relation_head.covers(DATASETS["mnre"].labels.relation_types):
+            how = (f"the relation head (layer {relation_head.config.layer} of the LLM, `reamo fit-relation-head`) "
+                   f"names the best relation when it beats None by more than {head_bias} (margin calibrated on "
+                   "held-out MNRE train pairs, `reamo calibrate-pairs`)")
+        elif bias is not None:
+            how = ("it ranks None and every relation by the model's log-likelihood of writing it and names the best "
+                   f"relation when it beats None by more than {bias} (margin calibrated on held-out MNRE train "
+                   "pairs, `reamo calibrate-pairs`)")
+        else:
+            how = "greedy decoding decides between a relation and None"
+        notes.append("reamo is given each gold pair; " + how)
     event_bias = getattr(settings, "event_none_bias", None) if settings is not None else None
     if "ee" in DATASETS.get(source, DatasetSpec(tasks=())).tasks and event_bias is not None:
         notes.append("reamo keeps the events it writes only when it preferred starting its Events line with an event "

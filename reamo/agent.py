@@ -25,6 +25,7 @@ from reamo.model.embedded_default import (
     DEFAULT_NAMES,
     EMBEDDED_NAMES,
     LEXICON_NAME,
+    RELATION_HEAD_NAME,
     SETTINGS_NAME,
     SHIPPED_HEADS,
     SHIPPED_LEXICON,
@@ -74,11 +75,24 @@ class AgentSettings(BaseModel):
         "stricter); None = keep what greedy decoding wrote. Calibrated on held-out M2E2 train sentences for the "
         "shipped default (`reamo calibrate-events`), whose tuning mix over-represents sentences with events",
     )
+    pair_head_none_bias: float | None = Field(
+        default=None,
+        description="with pair_none_bias and a relation head (`reamo fit-relation-head`) that knows every offered "
+        "relation: given pairs are decided by the head, whose margin of the best relation over 'None' must beat this "
+        "instead (its own scale, calibrated by `reamo calibrate-pairs` when the model has a head); None = the head "
+        "is not used for given pairs",
+    )
     triple_none_bias: float | None = Field(
         default=None,
         description="relations without given pairs: every pair of extracted entities is classified as a given pair "
         "(both directions) and the best relation kept when it beats 'None' by more than this margin; None = the "
         "relations the model writes freely. Calibrated on held-out MNRE train sentences (`reamo calibrate-triples`)",
+    )
+    triple_head_none_bias: float | None = Field(
+        default=None,
+        description="with triple_none_bias and a relation head that knows every requested relation: the pairs of "
+        "extracted entities are decided by the head with this margin instead (calibrated by `reamo "
+        "calibrate-triples` when the model has a head); None = the head is not used for full triples",
     )
     trigger_none_bias: float | None = Field(
         default=None,
@@ -136,11 +150,13 @@ class Agent:
         settings: AgentSettings | None = None,
         trigger_lexicon: TriggerLexicon | None = None,
         trigger_head: DecisionHead | None = None,
+        relation_head: DecisionHead | None = None,
     ) -> None:
         self.model = model
         self.settings = settings or AgentSettings()
         self.trigger_lexicon = trigger_lexicon  # words that triggered events in the model's tuning data
         self.trigger_head = trigger_head  # event type of a trigger candidate from the LLM's state (`fit-trigger-head`)
+        self.relation_head = relation_head  # relation of an entity pair from the LLM's state (`fit-relation-head`)
         self.registry = registry if registry is not None else default_registry()
         self.dispatcher = Dispatcher(self.registry, timeout_s=self.settings.tool_timeout_s)
 
@@ -148,7 +164,7 @@ class Agent:
     def from_pretrained(cls, name_or_path: str = "default", **settings: Any) -> "Agent":
         """'default' = the embedded default (offline, CPU; tuned adapter when shipped), 'default-base' = its untuned
         base prompted few-shot, 'gemma3-270m' = the Gemma-3-270M base prompted few-shot (`reamo[gemma]`); otherwise
-        a folder written by `ReamoModel.save_pretrained`, with the settings.json, trigger lexicon and trigger head
+        a folder written by `ReamoModel.save_pretrained`, with the settings.json, trigger lexicon and decision heads
         found in it."""
         lexicon_file = heads = None
         if name_or_path in EMBEDDED_NAMES:
@@ -169,11 +185,14 @@ class Agent:
         checked = AgentSettings(**settings)
         model.prepare_for_inference(checked.precision)
         lexicon = TriggerLexicon.load(lexicon_file) if lexicon_file is not None and lexicon_file.is_file() else None
-        head = DecisionHead.load(heads, TRIGGER_HEAD_NAME) if heads is not None else None
-        if head is not None:
-            text_config = model.llm.config.get_text_config()
-            head.check_fits(text_config.hidden_size, text_config.num_hidden_layers, str(heads))
-        return cls(model, settings=checked, trigger_lexicon=lexicon, trigger_head=head)
+        found = {}
+        text_config = model.llm.config.get_text_config()
+        for name in (TRIGGER_HEAD_NAME, RELATION_HEAD_NAME):
+            found[name] = DecisionHead.load(heads, name) if heads is not None else None
+            if found[name] is not None:
+                found[name].check_fits(text_config.hidden_size, text_config.num_hidden_layers, str(heads), name)
+        return cls(model, settings=checked, trigger_lexicon=lexicon, trigger_head=found[TRIGGER_HEAD_NAME],
+                   relation_head=found[RELATION_HEAD_NAME])
 
     # -- the pipeline ----------------------------------------------------------------------------------------------
     def load_media(self, image: Any = None, audio: Any = None, video: Any = None) -> MediaBundle:
@@ -278,8 +297,10 @@ class Agent:
 
     # -- decisions (also used by calibration) -----------------------------------------------------------------------
     def best_pair_relation(self, request: PreparedRequest, pair: tuple[str, str]) -> tuple[str, float]:
-        """The offered relation the model finds most likely for `pair` and its log-likelihood margin over "None"."""
-        return best_relations(self, [request.model_copy(update={"pairs": [pair]})])[0][0]
+        """The offered relation the model finds most likely for `pair` and its margin over "None" (on the relation
+        head's scale where the head decides given pairs, else the log-likelihood margin)."""
+        relation, margin, _ = best_relations(self, [request.model_copy(update={"pairs": [pair]})])[0][0]
+        return relation, margin
 
     # -- chat ------------------------------------------------------------------------------------------------------
     def chat(self, messages: list[dict[str, Any]], max_new_tokens: int | None = None) -> dict[str, Any]:

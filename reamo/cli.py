@@ -388,6 +388,36 @@ def fit_trigger_head_command(
                   f"triggers); calibrate its margin: reamo calibrate-events --model <the model> --out <its settings.json>")
 
 
+@app.command("fit-relation-head")
+def fit_relation_head_command(
+    out: Path = typer.Argument(..., help="Folder to write relation_head.safetensors + .json into: the model folder "
+                                         "(maintainers refitting the shipped default: reamo/weights/default)."),
+    model: str = typer.Option("default", "--model", "-m", help="'default' or a model folder."),
+    layer: int = typer.Option(28, "--layer", min=1, help="Which hidden state the head reads (0 = embeddings)."),
+    weight_decay: float = typer.Option(0.03, "--weight-decay", min=0.0, help="L2 penalty of the fit."),
+    limit: int = typer.Option(6000, "--limit", min=10, help="MNRE train pairs to fit on (a seeded sample)."),
+) -> None:
+    """Fit the relation head (relation of an entity pair read from the LLM's hidden state) on MNRE train pairs
+    outside the calibration slice; then calibrate its margins with `reamo calibrate-pairs` and `calibrate-triples`."""
+    from reamo.model.embedded_default import RELATION_HEAD_NAME
+    from reamo.tuning.heads import fit_relation_head, relation_training_pairs
+
+    try:
+        agent = _load_agent(model, 48)
+        layers = agent.model.llm.config.get_text_config().num_hidden_layers
+        if layer > layers:
+            _fail(f"--layer {layer}: the model has {layers} layers; choose 1-{layers}")
+        examples = relation_training_pairs(limit)
+        head = fit_relation_head(agent, examples, layer=layer, weight_decay=weight_decay,
+                                 source=f"{model}: {len(examples)} MNRE train pairs (seed 0; calibration slice kept out)")
+    except (ReamoError, ValueError) as err:
+        _fail(str(err))
+    head.save(out, RELATION_HEAD_NAME)
+    console.print(f"relation head written to {out} ({head.config.n_examples} pairs, {head.config.n_positive} related); "
+                  "calibrate its margins: reamo calibrate-pairs / calibrate-triples --model <the model> --out <its "
+                  "settings.json>")
+
+
 @app.command("eval")
 def evaluate(
     data: str = typer.Argument(..., help="gmner:dev | mnre:val | m2e2:dev | a jsonl file of examples"),

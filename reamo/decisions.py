@@ -22,6 +22,7 @@ from reamo.segmenting import Window
 
 if TYPE_CHECKING:
     from reamo.agent import Agent
+    from reamo.model.decision_heads import DecisionHead
     from reamo.pipeline import PreparedRequest, Segment
 
 _EVENTS_LINE = re.compile(r"^[ \t]*Events[ \t]*:", re.MULTILINE)
@@ -37,6 +38,38 @@ def best_over_none(scores: Sequence[float]) -> tuple[int, float]:
 def segment_item(segment: "Segment", answers: list[str], media: dict | None) -> ScoringItem:
     """The scoring item asking `segment`'s prompt to choose among `answers` ("None" first)."""
     return ScoringItem(prompt=segment.prompt, prefix=segment.prefix, continuations=answers, media=media)
+
+
+def head_decides(head: "DecisionHead | None", bias: float | None, labels: Sequence[str]) -> bool:
+    """Whether a decision among `labels` is read by `head` (one fitted on every label, with a calibrated margin)
+    instead of rank classification."""
+    return head is not None and bias is not None and head.covers(labels)
+
+
+def decide_options(agent: "Agent", items: Sequence[ScoringItem], options: Sequence[Sequence[str]],
+                   by_head: Sequence[bool], head: "DecisionHead | None", head_bias: float | None,
+                   rank_bias: float | None) -> list[tuple[int, float, float | None]]:
+    """Each item's best option (index into its `options`), its margin over "None" and the margin it must beat.
+    Where `by_head[k]`, `head` reads the LLM's state at the head's answer start after the item's prompt, its softmax
+    over "None" and the item's options (one head call per option list); the rest by rank classification of the
+    item's answers ("None" first, then one per option). One rule for triggers, given pairs and full triples."""
+    out: list[tuple[int, float, float | None] | None] = [None] * len(items)
+    asked = [k for k in range(len(items)) if by_head[k]]
+    if asked:
+        assert head is not None
+        start = head.config.answer_start
+        states = agent.model.answer_start_states(
+            [items[k].model_copy(update={"continuations": [start]}) for k in asked], head.config.layer)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for row, k in enumerate(asked):
+            groups.setdefault(tuple(options[k]), []).append(row)
+        for labels, rows in groups.items():
+            for row, (best, margin) in zip(rows, head.best_over_none(states[rows], list(labels)), strict=True):
+                out[asked[row]] = (best, margin, head_bias)
+    rest = [k for k in range(len(items)) if out[k] is None]
+    for k, scores in zip(rest, agent.model.score_continuations([items[k] for k in rest]), strict=True):
+        out[k] = (*best_over_none(scores), rank_bias)
+    return out  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -70,20 +103,31 @@ def pair_items(agent: "Agent", request: "PreparedRequest", pairs: Sequence[tuple
 
 
 def best_relations(agent: "Agent", requests: Sequence["PreparedRequest"]
-                   ) -> list[list[tuple[str, float]]]:
-    """For each request and each of its pairs: the offered relation the model finds most likely and its
-    log-likelihood margin over "None" (what `pair_none_bias` thresholds and `reamo calibrate-pairs` calibrates)."""
+                   ) -> list[list[tuple[str, float, float | None]]]:
+    """For each request and each of its pairs: the offered relation the model finds most likely, its margin over
+    "None" and the margin it must beat (see `decide_options`: by the agent's relation head where it knows every
+    offered relation and `pair_head_none_bias` is set, else by rank classification against `pair_none_bias`; what
+    `reamo calibrate-pairs` calibrates)."""
+    settings = agent.settings
+    head = getattr(agent, "relation_head", None)
     items: list[ScoringItem] = []
+    options: list[list[str]] = []
+    by_head: list[bool] = []
     for request in requests:
-        items.extend(pair_items(agent, request, request.pairs))
-    scores = iter(agent.model.score_continuations(items))
+        types = list(request.labels.relation_types)
+        asked = pair_items(agent, request, request.pairs)
+        items.extend(asked)
+        options.extend([types] * len(asked))
+        by_head.extend([head_decides(head, settings.pair_head_none_bias, types)] * len(asked))
+    decided = iter(decide_options(agent, items, options, by_head, head, settings.pair_head_none_bias,
+                                  settings.pair_none_bias))
     out = []
     for request in requests:
         types = list(request.labels.relation_types)
         chosen = []
         for _ in request.pairs:
-            best, margin = best_over_none(next(scores))
-            chosen.append((types[best], margin))
+            best, margin, bias = next(decided)
+            chosen.append((types[best], margin, bias))
         out.append(chosen)
     return out
 
@@ -96,12 +140,12 @@ def classify_given_pairs(agent: "Agent", requests: Sequence["PreparedRequest"]) 
     model's first token leans to "None" (the most common answer), and greedy decoding turns that lean into "never a
     relation"; the margin is chosen on held-out train pairs.
     """
-    bias = agent.settings.pair_none_bias
-    assert bias is not None
+    assert agent.settings.pair_none_bias is not None
     out = []
     for request, decided in zip(requests, best_relations(agent, requests), strict=True):
         chosen, margins = [], {}
-        for (head, tail), (relation, margin) in zip(request.pairs, decided, strict=True):
+        for (head, tail), (relation, margin, bias) in zip(request.pairs, decided, strict=True):
+            assert bias is not None
             if margin > bias:
                 chosen.append(format_relation(head, relation, tail))
                 margins[(head, relation, tail)] = margin
@@ -199,20 +243,25 @@ def scores_relations(request: "PreparedRequest") -> bool:
 def decide_relations(agent: "Agent", batch: Sequence[tuple["PreparedRequest", Result]]) -> None:
     """Full relation extraction by pair scoring: every pair of extracted entities in a window (`pair_candidates`) is
     asked in both directions as a given pair; the best relation and direction wins when it beats that direction's
-    "None" by more than `triple_none_bias`. Symmetric relations are written in text order. Replaces the relations
-    the model wrote freely (a small model's free relations were mostly wrong: MNRE triples F1 10)."""
+    "None" by more than its margin: `triple_head_none_bias` where the agent's relation head decides the request
+    (it knows every requested relation), else `triple_none_bias` (rank classification). Symmetric relations are
+    written in text order. Replaces the relations the model wrote freely (a small model's free relations were
+    mostly wrong: MNRE triples F1 10)."""
     settings = agent.settings
-    bias = settings.triple_none_bias
-    if bias is None:
+    if settings.triple_none_bias is None:
         return
+    decider = getattr(agent, "relation_head", None)
+    head_bias = settings.triple_head_none_bias
     end = agent.model.tokenizer.eos_token or ""
     items: list[ScoringItem] = []
     owners: list[tuple[int, int, Entity, Entity, list[str]]] = []  # batch row, pair index, head, tail, relations
+    by_head: list[bool] = []  # per request, so both directions of a pair are on one scale
     pairs_of: dict[int, list[tuple[Entity, Entity]]] = {}
     for row, (request, result) in enumerate(batch):
         if not scores_relations(request):
             continue
         types = list(request.labels.relation_types)
+        use_head = head_decides(decider, head_bias, types)
         candidates = pair_candidates(result.entities, types, settings.max_pairs, settings.relation_type_filter)
         pairs_of[row] = [(first, second) for first, second, _ in candidates]
         for index, (first, second, _) in enumerate(candidates):
@@ -224,18 +273,21 @@ def decide_relations(agent: "Agent", batch: Sequence[tuple["PreparedRequest", Re
                 segment = question_segment(agent, request, window, ("re",), pairs=[(head.text, tail.text)])
                 items.append(segment_item(segment, relation_answers(head.text, relations, end), request.features))
                 owners.append((row, index, head, tail, relations))
-    best: dict[tuple[int, int], tuple[float, Entity, str, Entity]] = {}
-    for (row, index, head, tail, relations), scores in zip(owners, agent.model.score_continuations(items)):
-        position, margin = best_over_none(scores)  # this direction's best; the other direction may beat it
+                by_head.append(use_head)
+    decided = decide_options(agent, items, [owner[4] for owner in owners], by_head, decider, head_bias,
+                             settings.triple_none_bias)
+    best: dict[tuple[int, int], tuple[float, float, Entity, str, Entity]] = {}
+    for (row, index, head, tail, relations), (position, margin, bias) in zip(owners, decided, strict=True):
+        assert bias is not None  # this direction's best; the other direction may beat it
         if (row, index) not in best or margin > best[(row, index)][0]:
-            best[(row, index)] = (margin, head, relations[position], tail)
+            best[(row, index)] = (margin, bias, head, relations[position], tail)
     for row, pairs in pairs_of.items():
         request, result = batch[row]
         chosen = []
         for index, (first, second) in enumerate(pairs):
-            if (row, index) not in best or best[(row, index)][0] <= bias:
+            if (row, index) not in best or best[(row, index)][0] <= best[(row, index)][1]:
                 continue
-            margin, head, relation, tail = best[(row, index)]
+            margin, _, head, relation, tail = best[(row, index)]
             if is_symmetric(relation):
                 head, tail = first, second
             chosen.append(Relation(head=Mention(text=head.text, span=head.span), type=relation,
@@ -286,9 +338,13 @@ def decide_events_by_scoring(agent: "Agent", batch: Sequence[tuple["PreparedRequ
         for candidate, item in trigger_items(agent, request, window, words, lexicon, trigger_answers(types, end)):
             items.append(item)
             owners.append((row, index, window, candidate, types))
+    head, head_bias = agent.trigger_head, settings.trigger_head_none_bias
+    decided = decide_options(agent, items, [owner[4] for owner in owners],
+                             [head_decides(head, head_bias, owner[4]) for owner in owners], head, head_bias,
+                             settings.trigger_none_bias)
     events: dict[int, list[Event]] = {row: [] for row in rows}
-    for (row, index, window, candidate, types), (best, margin, bias) in zip(owners,
-                                                                          _trigger_decisions(agent, items, owners)):
+    for (row, index, window, candidate, types), (best, margin, bias) in zip(owners, decided, strict=True):
+        assert bias is not None
         if margin > bias:
             span = candidate.span
             trigger = Mention(text=candidate.text, span=TextSpan(start=span.start + window.start,
@@ -299,34 +355,6 @@ def decide_events_by_scoring(agent: "Agent", batch: Sequence[tuple["PreparedRequ
     _decide_arguments(agent, batch, events)
     for row in rows:
         batch[row][1].events = events[row]
-
-
-def _trigger_decisions(agent: "Agent", items: list[ScoringItem],
-                       owners: list[tuple[int, int, Window, Mention, list[str]]]) -> list[tuple[int, float, float]]:
-    """Each trigger candidate's best event type, its margin over "None" and the margin it must beat: read by the
-    agent's trigger head from the LLM's state at the answer start where the head knows every requested type and has
-    a calibrated margin (`trigger_head_none_bias`), else by rank classification (`trigger_none_bias`)."""
-    settings = agent.settings
-    head = agent.trigger_head if settings.trigger_head_none_bias is not None else None
-    out: list[tuple[int, float, float] | None] = [None] * len(items)
-    by_head = [k for k, owner in enumerate(owners) if head is not None and head.covers(owner[4])]
-    if by_head:
-        assert head is not None and settings.trigger_head_none_bias is not None
-        start = head.config.answer_start
-        states = agent.model.answer_start_states(
-            [items[k].model_copy(update={"continuations": [start]}) for k in by_head], head.config.layer)
-        groups: dict[tuple[str, ...], list[int]] = {}  # one head call per requested type list
-        for row, k in enumerate(by_head):
-            groups.setdefault(tuple(owners[k][4]), []).append(row)
-        for types, rows in groups.items():
-            decided = head.best_over_none(states[rows], list(types))
-            for row, (best, margin) in zip(rows, decided, strict=True):
-                out[by_head[row]] = (best, margin, settings.trigger_head_none_bias)
-    rest = [k for k in range(len(items)) if out[k] is None]
-    assert settings.trigger_none_bias is not None
-    for k, scores in zip(rest, agent.model.score_continuations([items[k] for k in rest])):
-        out[k] = (*best_over_none(scores), settings.trigger_none_bias)
-    return out  # type: ignore[return-value]
 
 
 def _decide_arguments(agent: "Agent", batch: Sequence[tuple["PreparedRequest", Result]],

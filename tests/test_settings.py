@@ -130,6 +130,15 @@ def test_a_tuned_model_folder_carries_its_calibrated_settings(tmp_path: Path, ti
                                     answer_start="Events:")).save(folder, "trigger_head")
     with pytest.raises(ConfigError, match="fitted on another model"):
         Agent.from_pretrained(str(folder))
+    (folder / "trigger_head.safetensors").unlink()
+    DecisionHead(DecisionHeadConfig(layer=1, labels=["None", "couple"], hidden_size=hidden,
+                                    answer_start="Relations:")).save(folder, "relation_head")
+    loaded = Agent.from_pretrained(str(folder))
+    assert loaded.relation_head.config.labels == ["None", "couple"] and loaded.trigger_head is None
+    DecisionHead(DecisionHeadConfig(layer=99, labels=["None", "couple"], hidden_size=hidden,
+                                    answer_start="Relations:")).save(folder, "relation_head")
+    with pytest.raises(ConfigError, match="'relation_head'.*fitted on another model.*reamo fit-relation-head"):
+        Agent.from_pretrained(str(folder))
 
 
 def test_event_calibration_reports_what_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,14 +1,20 @@
-"""Fitting a decision head (`reamo.model.decision_heads`) on a tuned model's hidden states: `reamo fit-trigger-head`.
+"""Fitting a decision head (`reamo.model.decision_heads`) on a tuned model's hidden states: `reamo fit-trigger-head`
+and `reamo fit-relation-head`.
 
 The trigger head is fitted on the M2E2 train sentences the event decisions are tuned on (`m2e2_for_decisions`,
 never the calibration slice or dev): every trigger candidate the agent would ask about, asked exactly as the agent
 asks it, labelled with the event type of the gold trigger it is (exact span) or "None". Its "None" margin is then
 calibrated like rank classification's, with `reamo calibrate-events` on the held-out slice.
+
+The relation head is fitted on MNRE train pairs outside the calibration slice (`mnre_calibration_held_out`), each
+asked as the agent asks a given pair (`reamo.decisions.pair_items`), labelled with its gold relation or "None"; its
+margins are calibrated by `reamo calibrate-pairs` (given pairs) and `reamo calibrate-triples` (full triples).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -16,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from reamo.candidates import tag
-from reamo.datasets import M2E2_ENTITY_TYPES, M2E2_EVENT_TYPES, Example
-from reamo.decisions import trigger_items
+from reamo.datasets import M2E2_ENTITY_TYPES, M2E2_EVENT_TYPES, Example, mnre_calibration_held_out, read_mnre
+from reamo.decisions import pair_items, trigger_items
 from reamo.model.decision_heads import NO_LABEL, DecisionHead, DecisionHeadConfig
 from reamo.schema import Labels
 
@@ -29,6 +35,10 @@ logger = logging.getLogger(__name__)
 TRIGGER_ANSWER_START = "Events:"
 DEFAULT_TRIGGER_LAYER = 24  # of SmolLM2-135M's 30: chosen by held-out log-loss among layers 12-30 (model card)
 DEFAULT_WEIGHT_DECAY = 0.01
+RELATION_ANSWER_START = "Relations:"
+DEFAULT_RELATION_LAYER = 28  # of 30: chosen by held-out log-loss among layers 16-30 (model card)
+DEFAULT_RELATION_WEIGHT_DECAY = 0.03  # with layer 28, the lowest held-out log-loss (0.745) of 1e-3..0.1
+DEFAULT_RELATION_PAIRS = 6000
 
 
 def trigger_states(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str], layer: int,
@@ -62,15 +72,73 @@ def fit_trigger_head(agent: "Agent", examples: Sequence[Example], event_types: S
                      source: str = "") -> DecisionHead:
     """A trigger head for `agent`'s model, fitted on the candidates of `examples` (see `trigger_states`)."""
     states, targets = trigger_states(agent, examples, event_types, layer)
+    head = fit_head(states, targets, list(event_types), layer, weight_decay, TRIGGER_ANSWER_START, source,
+                    f"candidates that are triggers and candidates that are not, from {len(examples)} sentences")
+    logger.info("trigger head fitted on %d candidates (%d triggers) of %d sentences, layer %d", len(targets),
+                head.config.n_positive, len(examples), layer)
+    return head
+
+
+def relation_training_pairs(limit: int | None = DEFAULT_RELATION_PAIRS, seed: int = 0) -> list[Example]:
+    """MNRE train pairs outside the calibration slice (which `reamo calibrate-pairs` / `calibrate-triples` use), a
+    seeded sample of `limit` (all when None), in their natural label mix."""
+    pool = [e for e in read_mnre("train") if not mnre_calibration_held_out(e)]
+    if limit is None or limit >= len(pool):
+        return pool
+    return random.Random(seed).sample(pool, limit)
+
+
+def relation_states(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str], layer: int,
+                    aliases: dict[str, str] | None = None, batch_size: int = 32
+                    ) -> tuple[torch.Tensor, list[str | None]]:
+    """The hidden state at the answer start of every MNRE pair's given-pair prompt (asked as the agent asks it,
+    offering `relation_types`), and the pair's gold relation among `relation_types` (None for "None"; `aliases`
+    maps an offered name to the dataset's label)."""
+    from reamo.eval.runner import DATASETS, given_pair
+
+    spec = DATASETS["mnre"]
+    label_of = {aliases.get(name, name) if aliases else name: name for name in relation_types}
+    labels = spec.labels.model_copy(update={"relation_types": list(relation_types)})
+    states: list[torch.Tensor] = []
+    targets: list[str | None] = []
+    for start in tqdm(range(0, len(examples), batch_size), desc="relation head states", disable=None):
+        items = []
+        for example in examples[start:start + batch_size]:
+            head, tail = given_pair(example)  # type: ignore[misc]
+            request = agent.prepare(example.text, tasks=spec.tasks, labels=labels, pairs=[(head.text, tail.text)])
+            items.extend(item.model_copy(update={"continuations": [RELATION_ANSWER_START]})
+                         for item in pair_items(agent, request, request.pairs))
+            targets.append(label_of.get(str(example.meta["relation"])))
+        states.append(agent.model.answer_start_states(items, layer))
+    hidden = agent.model.llm.config.get_text_config().hidden_size
+    return (torch.cat(states) if states else torch.zeros(0, hidden)), targets
+
+
+def fit_relation_head(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str] | None = None,
+                      layer: int = DEFAULT_RELATION_LAYER, weight_decay: float = DEFAULT_RELATION_WEIGHT_DECAY,
+                      source: str = "") -> DecisionHead:
+    """A relation head for `agent`'s model, fitted on the MNRE pairs `examples` (see `relation_states`); its labels
+    are the relation names the agent is asked with (MNRE's, as `reamo eval mnre:val` offers them)."""
+    from reamo.eval.runner import DATASETS
+
+    spec = DATASETS["mnre"]
+    types = list(relation_types or spec.labels.relation_types)
+    states, targets = relation_states(agent, examples, types, layer, spec.relation_aliases)
+    head = fit_head(states, targets, types, layer, weight_decay, RELATION_ANSWER_START, source,
+                    f"pairs with a relation and pairs without, from {len(examples)} MNRE pairs")
+    logger.info("relation head fitted on %d pairs (%d related), layer %d", len(targets), head.config.n_positive, layer)
+    return head
+
+
+def fit_head(states: torch.Tensor, targets: Sequence[str | None], labels: list[str], layer: int, weight_decay: float,
+             answer_start: str, source: str, needs: str) -> DecisionHead:
+    """A decision head over "None" + `labels` fitted on `states` with their `targets` (None = "None")."""
     positives = sum(t is not None for t in targets)
     if not positives or positives == len(targets):
-        raise ValueError(f"fitting a trigger head needs candidates that are triggers and candidates that are not; "
-                         f"got {positives} of {len(targets)} from {len(examples)} sentences: give more sentences")
-    labels = [NO_LABEL, *event_types]
-    config = DecisionHeadConfig(layer=layer, labels=labels, hidden_size=states.shape[1],
-                                answer_start=TRIGGER_ANSWER_START, weight_decay=weight_decay, fitted_on=source,
-                                n_examples=len(targets), n_positive=positives)
-    head = DecisionHead.fit(states, torch.tensor([labels.index(t) if t else 0 for t in targets]), config)
-    logger.info("trigger head fitted on %d candidates (%d triggers) of %d sentences, layer %d", len(targets),
-                positives, len(examples), layer)
-    return head
+        raise ValueError(f"fitting a decision head needs {needs}; got {positives} of {len(targets)} with a label: "
+                         "give more data")
+    options = [NO_LABEL, *labels]
+    config = DecisionHeadConfig(layer=layer, labels=options, hidden_size=states.shape[1], answer_start=answer_start,
+                                weight_decay=weight_decay, fitted_on=source, n_examples=len(targets),
+                                n_positive=positives)
+    return DecisionHead.fit(states, torch.tensor([options.index(t) if t else 0 for t in targets]), config)

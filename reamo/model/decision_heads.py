@@ -1,5 +1,6 @@
 """A linear classification head on the LLM's hidden state for one decision (which event type, if any, a trigger
-candidate triggers), as transformers' `*ForSequenceClassification` heads read the last token's state.
+candidate triggers; which relation, if any, holds between an entity pair), as transformers'
+`*ForSequenceClassification` heads read the last token's state.
 
 Why a head beside rank classification: on M2E2 the tuned 135M model's own answer scores rank trigger candidates
 worse (the best dev trigger F1 at any margin is 39) than a multinomial logistic regression fitted on its layer-24
@@ -125,15 +126,20 @@ class DecisionHead(nn.Module):
             head = cls(DecisionHeadConfig.model_validate(json.loads(config_file.read_text(encoding="utf-8"))))
             head.load_state_dict(load_file(str(weights)))
         except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # bad JSON, config, file or shapes
-            raise ConfigError(f"the decision head {name!r} in {folder} cannot be loaded ({error}); refit it (e.g. "
-                              f"reamo fit-trigger-head {folder}) or remove {weights.name} and {config_file.name}"
+            raise ConfigError(f"the decision head {name!r} in {folder} cannot be loaded ({error}); refit it "
+                              f"({refit_command(name)} {folder}) or remove {weights.name} and {config_file.name}"
                               ) from error
         return head.requires_grad_(False).eval()
 
-    def check_fits(self, hidden_size: int, layers: int, where: str) -> None:
+    def check_fits(self, hidden_size: int, layers: int, where: str, name: str = "trigger_head") -> None:
         """A ConfigError unless the head reads a state this model has (a head fitted on another model would fail
         at the first request, or silently read the wrong layer)."""
         if self.config.hidden_size != hidden_size or not 0 <= self.config.layer <= layers:
-            raise ConfigError(f"the decision head in {where} reads layer {self.config.layer} of width "
+            raise ConfigError(f"the decision head {name!r} in {where} reads layer {self.config.layer} of width "
                               f"{self.config.hidden_size}, but the model has {layers} layers of width {hidden_size}: "
-                              f"it was fitted on another model; refit it with reamo fit-trigger-head")
+                              f"it was fitted on another model; refit it with {refit_command(name)}")
+
+
+def refit_command(name: str) -> str:
+    """The command that fits the head saved as `name` ("trigger_head" -> `reamo fit-trigger-head`)."""
+    return f"reamo fit-{name.replace('_', '-')}"
