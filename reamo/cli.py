@@ -358,6 +358,18 @@ def soup_adapters(
                   "calibrate-events)")
 
 
+def _fit_head(model: str, max_new_tokens: int, layer: int, fit: Any) -> Any:
+    """Load the model, refuse a --layer it lacks, fit a decision head with `fit(agent)`; errors end the command."""
+    try:
+        agent = _load_agent(model, max_new_tokens)
+        layers = agent.model.llm.config.get_text_config().num_hidden_layers
+        if layer > layers:
+            _fail(f"--layer {layer}: the model has {layers} layers; choose 1-{layers}")
+        return fit(agent)
+    except (ReamoError, ValueError) as err:
+        _fail(str(err))
+
+
 @app.command("fit-trigger-head")
 def fit_trigger_head_command(
     out: Path = typer.Argument(..., help="Folder to write trigger_head.safetensors + .json into: the model folder "
@@ -373,16 +385,12 @@ def fit_trigger_head_command(
     from reamo.tuning.decisions import m2e2_for_decisions
     from reamo.tuning.heads import fit_trigger_head
 
-    try:
-        agent = _load_agent(model, 160)
-        layers = agent.model.llm.config.get_text_config().num_hidden_layers
-        if layer > layers:
-            _fail(f"--layer {layer}: the model has {layers} layers; choose 1-{layers}")
+    def fit(agent: Any) -> Any:
         examples = m2e2_for_decisions("train")[:limit]
-        head = fit_trigger_head(agent, examples, layer=layer, weight_decay=weight_decay,
+        return fit_trigger_head(agent, examples, layer=layer, weight_decay=weight_decay,
                                 source=f"{model}: {len(examples)} M2E2 train sentences (calibration slice kept out)")
-    except (ReamoError, ValueError) as err:
-        _fail(str(err))
+
+    head = _fit_head(model, 160, layer, fit)
     head.save(out, TRIGGER_HEAD_NAME)
     console.print(f"trigger head written to {out} ({head.config.n_examples} candidates, {head.config.n_positive} "
                   f"triggers); calibrate its margin: reamo calibrate-events --model <the model> --out <its settings.json>")
@@ -402,16 +410,12 @@ def fit_relation_head_command(
     from reamo.model.embedded_default import RELATION_HEAD_NAME
     from reamo.tuning.heads import fit_relation_head, relation_training_pairs
 
-    try:
-        agent = _load_agent(model, 48)
-        layers = agent.model.llm.config.get_text_config().num_hidden_layers
-        if layer > layers:
-            _fail(f"--layer {layer}: the model has {layers} layers; choose 1-{layers}")
+    def fit(agent: Any) -> Any:
         examples = relation_training_pairs(limit)
-        head = fit_relation_head(agent, examples, layer=layer, weight_decay=weight_decay,
+        return fit_relation_head(agent, examples, layer=layer, weight_decay=weight_decay,
                                  source=f"{model}: {len(examples)} MNRE train pairs (seed 0; calibration slice kept out)")
-    except (ReamoError, ValueError) as err:
-        _fail(str(err))
+
+    head = _fit_head(model, 48, layer, fit)
     head.save(out, RELATION_HEAD_NAME)
     console.print(f"relation head written to {out} ({head.config.n_examples} pairs, {head.config.n_positive} related); "
                   "calibrate its margins: reamo calibrate-pairs / calibrate-triples --model <the model> --out <its "

@@ -186,3 +186,24 @@ def test_a_head_worse_than_the_ranking_on_the_held_out_slice_is_not_used(tmp_pat
     from reamo.model.embedded_default import read_settings
 
     assert AgentSettings(**read_settings(out)).triple_head_none_bias is None
+
+
+def test_fit_relation_head_command_writes_a_head_the_model_folder_loads(tmp_path: Path, tiny_llm_dir) -> None:
+    """`reamo fit-relation-head F --model F`: the head lands beside the model and travels with it; a --layer the
+    model lacks is refused before any work."""
+    from typer.testing import CliRunner
+
+    from reamo.cli import app
+    from reamo.model import ReamoConfig
+
+    folder = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[])).save_pretrained(
+        tmp_path / "tuned")
+    refused = CliRunner().invoke(app, ["fit-relation-head", str(folder), "--model", str(folder), "--layer", "99"])
+    assert refused.exit_code == 2 and "--layer 99" in refused.output
+    assert not (folder / "relation_head.safetensors").exists()
+    done = CliRunner().invoke(app, ["fit-relation-head", str(folder), "--model", str(folder), "--layer", "1",
+                                    "--limit", "20"])
+    assert done.exit_code == 0, done.output
+    head = Agent.from_pretrained(str(folder)).relation_head
+    assert head is not None and head.config.layer == 1 and head.config.n_examples == 20
+    assert 0 < head.config.n_positive < 20 and head.config.labels[0] == "None" and "member_of" in head.config.labels
