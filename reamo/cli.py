@@ -403,7 +403,8 @@ def fit_relation_head_command(
     model: str = typer.Option("default", "--model", "-m", help="'default' or a model folder."),
     layer: int = typer.Option(28, "--layer", min=1, help="Which hidden state the head reads (0 = embeddings)."),
     weight_decay: float = typer.Option(0.03, "--weight-decay", min=0.0, help="L2 penalty of the fit."),
-    limit: int = typer.Option(6000, "--limit", min=10, help="MNRE train pairs to fit on (a seeded sample)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only a seeded sample of N MNRE train pairs "
+                                        "(default: every pair outside the calibration slice, 11,061)."),
 ) -> None:
     """Fit the relation head (relation of an entity pair read from the LLM's hidden state) on MNRE train pairs
     outside the calibration slice; then calibrate its margins with `reamo calibrate-pairs` and `calibrate-triples`."""
@@ -412,8 +413,10 @@ def fit_relation_head_command(
 
     def fit(agent: Any) -> Any:
         examples = relation_training_pairs(limit)
+        which = f"all {len(examples)}" if limit is None or len(examples) < limit else \
+            f"a sample (seed 0) of {len(examples)}"
         return fit_relation_head(agent, examples, layer=layer, weight_decay=weight_decay,
-                                 source=f"{model}: {len(examples)} MNRE train pairs (seed 0; calibration slice kept out)")
+                                 source=f"{model}: {which} MNRE train pairs (calibration slice kept out)")
 
     head = _fit_head(model, 48, layer, fit)
     head.save(out, RELATION_HEAD_NAME)

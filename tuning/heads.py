@@ -38,7 +38,6 @@ DEFAULT_WEIGHT_DECAY = 0.01
 RELATION_ANSWER_START = "Relations:"
 DEFAULT_RELATION_LAYER = 28  # of 30: chosen by held-out log-loss among layers 16-30 (model card)
 DEFAULT_RELATION_WEIGHT_DECAY = 0.03  # with layer 28, the lowest held-out log-loss (0.745) of 1e-3..0.1
-DEFAULT_RELATION_PAIRS = 6000
 
 
 def trigger_states(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str], layer: int,
@@ -79,9 +78,9 @@ def fit_trigger_head(agent: "Agent", examples: Sequence[Example], event_types: S
     return head
 
 
-def relation_training_pairs(limit: int | None = DEFAULT_RELATION_PAIRS, seed: int = 0) -> list[Example]:
-    """MNRE train pairs outside the calibration slice (which `reamo calibrate-pairs` / `calibrate-triples` use), a
-    seeded sample of `limit` (all when None), in their natural label mix."""
+def relation_training_pairs(limit: int | None = None, seed: int = 0) -> list[Example]:
+    """MNRE train pairs outside the calibration slice (which `reamo calibrate-pairs` / `calibrate-triples` use): all
+    of them (11,061), or a seeded sample of `limit`, in their natural label mix."""
     pool = [e for e in read_mnre("train") if not mnre_calibration_held_out(e)]
     if limit is None or limit >= len(pool):
         return pool
