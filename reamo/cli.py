@@ -358,6 +358,22 @@ def soup_adapters(
                   "calibrate-events)")
 
 
+_CALIBRATED_MODEL = typer.Option("default", "--model", "-m", help="'default' or a model folder.")
+
+
+def _head_out(name: str) -> Any:
+    return typer.Argument(..., help=f"Folder to write {name}.safetensors + .json into: the model folder (maintainers "
+                                    "refitting the shipped default: reamo/weights/default).")
+
+
+def _head_layer(default: int) -> Any:
+    return typer.Option(default, "--layer", min=1, help="Which hidden state the head reads (0 = embeddings).")
+
+
+def _head_weight_decay(default: float) -> Any:
+    return typer.Option(default, "--weight-decay", min=0.0, help="L2 penalty of the fit.")
+
+
 def _fit_head(model: str, max_new_tokens: int, layer: int, fit: Any) -> Any:
     """Load the model, refuse a --layer it lacks, fit a decision head with `fit(agent)`; errors end the command."""
     try:
@@ -372,11 +388,10 @@ def _fit_head(model: str, max_new_tokens: int, layer: int, fit: Any) -> Any:
 
 @app.command("fit-trigger-head")
 def fit_trigger_head_command(
-    out: Path = typer.Argument(..., help="Folder to write trigger_head.safetensors + .json into: the model folder "
-                                         "(maintainers refitting the shipped default: reamo/weights/default)."),
-    model: str = typer.Option("default", "--model", "-m", help="'default' or a model folder."),
-    layer: int = typer.Option(24, "--layer", min=1, help="Which hidden state the head reads (0 = embeddings)."),
-    weight_decay: float = typer.Option(0.01, "--weight-decay", min=0.0, help="L2 penalty of the fit."),
+    out: Path = _head_out("trigger_head"),
+    model: str = _CALIBRATED_MODEL,
+    layer: int = _head_layer(24),
+    weight_decay: float = _head_weight_decay(0.01),
     limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only the first N M2E2 train sentences."),
 ) -> None:
     """Fit the trigger head (event type of a trigger candidate read from the LLM's hidden state) on the M2E2 train
@@ -398,11 +413,10 @@ def fit_trigger_head_command(
 
 @app.command("fit-relation-head")
 def fit_relation_head_command(
-    out: Path = typer.Argument(..., help="Folder to write relation_head.safetensors + .json into: the model folder "
-                                         "(maintainers refitting the shipped default: reamo/weights/default)."),
-    model: str = typer.Option("default", "--model", "-m", help="'default' or a model folder."),
-    layer: int = typer.Option(28, "--layer", min=1, help="Which hidden state the head reads (0 = embeddings)."),
-    weight_decay: float = typer.Option(0.03, "--weight-decay", min=0.0, help="L2 penalty of the fit."),
+    out: Path = _head_out("relation_head"),
+    model: str = _CALIBRATED_MODEL,
+    layer: int = _head_layer(28),
+    weight_decay: float = _head_weight_decay(0.03),
     limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only a seeded sample of N MNRE train pairs "
                                         "(default: every pair outside the calibration slice, 11,061)."),
 ) -> None:
@@ -455,7 +469,6 @@ def evaluate(
 
 
 # Options both calibration commands take (the model, the recipe whose sentences stay out, the settings file).
-_CALIBRATED_MODEL = typer.Option("default", "--model", "-m", help="'default' or a model folder.")
 # The shipped default's six tuning passes; the recipes ship in the installed package (reamo.tuning, configs/).
 _DEFAULT_RECIPES = ("default_smollm2.yaml", "default_smollm2_more.yaml", "default_smollm2_third.yaml",
                     "default_smollm2_fourth.yaml", "default_smollm2_fifth.yaml", "default_smollm2_sixth.yaml")
