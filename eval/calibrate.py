@@ -501,13 +501,21 @@ def _span(mention: Any) -> Any:
     return (mention.span.start, mention.span.end) if mention.span else mention.text
 
 
-def _event_thresholds(agent: Any, examples: Sequence[Example]) -> tuple[ThresholdCalibration, ThresholdCalibration]:
+def _event_thresholds(agent: Any, examples: Sequence[Example], trigger_head: Any, argument_head: Any
+                      ) -> tuple[ThresholdCalibration, ThresholdCalibration]:
     """The trigger margin with the best held-out trigger F1, then the role margin with the best argument F1 among
-    the events that trigger margin keeps (the agent decides triggers as it is set up: by its head or by ranking)."""
+    the events that trigger margin keeps, with triggers decided by `trigger_head` and roles by `argument_head` for
+    this pass (None: by rank classification); the agent's own heads are put back."""
+    heads = getattr(agent, "trigger_head", None), getattr(agent, "argument_head", None)
+    agent.trigger_head, agent.argument_head = trigger_head, argument_head
     agent.settings.trigger_none_bias = -1e9  # every candidate's best type and every entity's best role, with margins
-    agent.settings.trigger_head_none_bias = -1e9 if getattr(agent, "trigger_head", None) is not None else None
+    agent.settings.trigger_head_none_bias = -1e9 if trigger_head is not None else None
     agent.settings.argument_none_bias = -1e9
-    sentences = score_event_decisions(agent, examples)
+    agent.settings.argument_head_none_bias = -1e9 if argument_head is not None else None
+    try:
+        sentences = score_event_decisions(agent, examples)
+    finally:
+        agent.trigger_head, agent.argument_head = heads
     trigger_sentences = [([(m, c) for m, c, _ in s.triggers], s.n_triggers) for s in sentences]
     triggers = best_threshold([c for scored, _ in trigger_sentences for c in scored],
                               sum(s.n_triggers for s in sentences), len(examples))
@@ -522,48 +530,61 @@ def _event_thresholds(agent: Any, examples: Sequence[Example]) -> tuple[Threshol
 def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLike[str], limit: int = 500,
                               seed: int = 0) -> dict[str, ThresholdCalibration]:
     """Pick `trigger_none_bias` (best trigger F1) and then `argument_none_bias` (best argument F1 among the events
-    that margin keeps) on held-out M2E2 train sentences; write both into `out`. With a trigger head, its own margin
-    (`trigger_head_none_bias`) and the arguments are calibrated on the events the head keeps, and the ranking's
-    margin again without the head (the head decides only requests whose event types it was fitted on, and only when
-    its held-out trigger F1 is at least the ranking's: else its margin is written as null)."""
+    that margin keeps) on held-out M2E2 train sentences; write both into `out`.
+
+    With decision heads, one pass per way of deciding, each on the same sentences: rank classification throughout
+    (`trigger_none_bias`); the trigger head (`trigger_head_none_bias`, used only when its held-out trigger F1 is at
+    least the ranking's, else written as null); then, on the events of the trigger decider kept, the ranking's role
+    margin (`argument_none_bias`) and the argument head's (`argument_head_none_bias`, null unless its argument F1
+    there is at least the ranking's). A head decides only requests whose labels it was fitted on, so the ranking's
+    margins are always written."""
     excluded = training_texts(recipes)
     examples = held_out_m2e2_sentences(excluded, limit, seed)
-    head = getattr(agent, "trigger_head", None)
+    trigger_head, argument_head = getattr(agent, "trigger_head", None), getattr(agent, "argument_head", None)
     names = _recipe_names(recipes)
-    writes: list[tuple[str, ThresholdCalibration, str, str, str]] = []  # key, calibration, what, how, details key
+    passes: dict[tuple[bool, bool], tuple[ThresholdCalibration, ThresholdCalibration]] = {}
+
+    def thresholds(by_trigger_head: bool, by_argument_head: bool
+                   ) -> tuple[ThresholdCalibration, ThresholdCalibration]:
+        if (by_trigger_head, by_argument_head) not in passes:
+            passes[(by_trigger_head, by_argument_head)] = _event_thresholds(
+                agent, examples, trigger_head if by_trigger_head else None,
+                argument_head if by_argument_head else None)
+        return passes[(by_trigger_head, by_argument_head)]
+
     results: dict[str, ThresholdCalibration] = {}
-    triggers, arguments = _event_thresholds(agent, examples)
-    if head is not None:
-        writes.append(("trigger_head_none_bias", triggers, "trigger",
-                       f"margins of the trigger head (layer {head.config.layer}, `reamo fit-trigger-head`)",
-                       "trigger_head_calibration"))
-        results["trigger_head"] = triggers
-        agent.trigger_head = None
-        try:
-            ranked, ranked_arguments = _event_thresholds(agent, examples)
-        finally:
-            agent.trigger_head = head
-        writes.append(("trigger_none_bias", ranked, "trigger", "margins of rank classification (requests with event "
-                       "types the trigger head was not fitted on)", "trigger_calibration"))
-        results["trigger"] = ranked
-        if triggers.f1 < ranked.f1:  # the head is not used (see `_keep_head_if_better`): arguments of ranked events
-            arguments = ranked_arguments
+    writes: list[tuple[str, str, str, str]] = []  # key, what, how, details key
+    results["trigger"], _ = thresholds(False, False)
+    use_trigger_head = False
+    if trigger_head is not None:
+        results["trigger_head"], _ = thresholds(True, False)
+        use_trigger_head = results["trigger_head"].f1 >= results["trigger"].f1
+        writes.append(("trigger_head", "trigger", f"margins of the trigger head (layer {trigger_head.config.layer}, "
+                       "`reamo fit-trigger-head`)", "trigger_head_calibration"))
+        writes.append(("trigger", "trigger", "margins of rank classification (requests with event types the trigger "
+                       "head was not fitted on)", "trigger_calibration"))
     else:
-        writes.append(("trigger_none_bias", triggers, "trigger", "margins of rank classification",
-                       "trigger_calibration"))
-        results["trigger"] = triggers
-    writes.append(("argument_none_bias", arguments, "argument", "margins of rank classification",
+        writes.append(("trigger", "trigger", "margins of rank classification", "trigger_calibration"))
+    events_by = "the trigger head" if use_trigger_head else "rank classification"
+    results["argument"] = thresholds(use_trigger_head, False)[1]
+    writes.append(("argument", "argument", f"margins of rank classification, on the events {events_by} keeps",
                    "argument_calibration"))
-    results["argument"] = arguments
-    for key, calibration, what, how, details in writes:
-        calibration = calibration.model_copy(update={"n_excluded_texts": len(excluded)})
-        write_setting(out, key, calibration.bias, (
+    if argument_head is not None:
+        results["argument_head"] = thresholds(use_trigger_head, True)[1]
+        writes.append(("argument_head", "argument", f"margins of the argument head (layer "
+                       f"{argument_head.config.layer}, `reamo fit-argument-head`), on the events {events_by} keeps",
+                       "argument_head_calibration"))
+    results = {name: c.model_copy(update={"n_excluded_texts": len(excluded)}) for name, c in results.items()}
+    for name, what, how, details in writes:
+        calibration = results[name]
+        write_setting(out, f"{name}_none_bias", calibration.bias, (
             f"calibrated on {len(examples)} M2E2 train sentences of the calibration slice no tuning pass trained on "
             f"({names}; seed {seed}; {calibration.n_gold} gold {what}s): {what} F1 {calibration.f1:.3f} there "
             f"({_interval_note(calibration)}; P {calibration.precision:.3f} / R {calibration.recall:.3f}); "
             f"{how}; reamo calibrate-events"),
             calibration.model_dump(), about_key=details)
-    if head is not None:
-        _keep_head_if_better(out, "trigger_head_none_bias", results["trigger_head"], results["trigger"],
-                             "trigger_head_calibration", "trigger F1")
-    return {name: c.model_copy(update={"n_excluded_texts": len(excluded)}) for name, c in results.items()}
+    for name, what in (("trigger", "trigger F1"), ("argument", "argument F1")):
+        if f"{name}_head" in results:
+            _keep_head_if_better(out, f"{name}_head_none_bias", results[f"{name}_head"], results[name],
+                                 f"{name}_head_calibration", what)
+    return results

@@ -336,6 +336,42 @@ def predict_all(predictor: Predictor, examples: Sequence[Example], path: str | o
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _decider(agent: Any, head_name: str, fit_command: str, head_bias: float | None, bias: float | None,
+             labels: Sequence[Sequence[str]]) -> str:
+    """How one kind of event decision is made for a dataset whose requests ask among each of `labels`."""
+    head = getattr(agent, head_name, None)
+    if head is not None and head_bias is not None and all(head.covers(options) for options in labels):
+        return (f"the {head_name.replace('_', ' ')} (layer {head.config.layer} of the LLM, `{fit_command}`) with "
+                f"margin {head_bias}")
+    return f"rank classification of the model's answers with margin {bias}"
+
+
+def _event_notes(agent: Any, settings: Any, spec: DatasetSpec | None) -> list[str]:
+    """How the agent decided the events it is scored on."""
+    trigger_bias = getattr(settings, "trigger_none_bias", None)
+    if trigger_bias is None:
+        event_bias = getattr(settings, "event_none_bias", None)
+        if event_bias is None:
+            return []
+        return ["reamo keeps the events it writes only when it preferred starting its Events line with an event "
+                f"over 'None' by more than {event_bias} (calibrated on held-out M2E2 train sentences, "
+                "`reamo calibrate-events`)"]
+    from reamo.ontology import event_roles
+
+    types = list(spec.labels.event_types) if spec is not None and spec.labels is not None else []
+    triggers = _decider(agent, "trigger_head", "reamo fit-trigger-head",
+                        getattr(settings, "trigger_head_none_bias", None), trigger_bias, [types])
+    note = f"reamo asks each trigger candidate for an event type or none, decided by {triggers}"
+    argument_bias = getattr(settings, "argument_none_bias", None)
+    if argument_bias is not None:
+        roles = [event_roles(t, spec.labels.event_roles if spec is not None and spec.labels else None) for t in types]
+        arguments = _decider(agent, "argument_head", "reamo fit-argument-head",
+                             getattr(settings, "argument_head_none_bias", None), argument_bias,
+                             [r for r in roles if r])
+        note += f"; each entity of an accepted event's window for a role of its type or none, decided by {arguments}"
+    return [note + " (margins calibrated on held-out M2E2 train sentences, `reamo calibrate-events`)"]
+
+
 def _notes(source: str, image_dir: Path | None, systems: dict[str, Any]) -> list[str]:
     notes = []
     if source == "gmner" and image_dir is None:
@@ -458,11 +494,8 @@ def run_eval(
         else:
             how = "greedy decoding decides between a relation and None"
         notes.append("reamo is given each gold pair; " + how)
-    event_bias = getattr(settings, "event_none_bias", None) if settings is not None else None
-    if "ee" in DATASETS.get(source, DatasetSpec(tasks=())).tasks and event_bias is not None:
-        notes.append("reamo keeps the events it writes only when it preferred starting its Events line with an event "
-                     f"over 'None' by more than {event_bias} (calibrated on held-out M2E2 train sentences, "
-                     "`reamo calibrate-events`)")
+    if "ee" in DATASETS.get(source, DatasetSpec(tasks=())).tasks and settings is not None:
+        notes.extend(_event_notes(agent, settings, DATASETS.get(source)))
     report = EvalReport(data=label, source=source, split=split, n_examples=len(examples), limit=limit,
                         system=main_name, systems=reports, notes=notes)
     write_report(report, out, plots=plots)

@@ -22,6 +22,7 @@ from reamo.media import MediaBundle, MediaLimits
 from reamo.model import ReamoModel
 from reamo.model.decision_heads import DecisionHead
 from reamo.model.embedded_default import (
+    ARGUMENT_HEAD_NAME,
     DEFAULT_NAMES,
     EMBEDDED_NAMES,
     LEXICON_NAME,
@@ -112,6 +113,12 @@ class AgentSettings(BaseModel):
         description="with trigger_none_bias: an extracted entity becomes an argument of an event in the best role "
         "its type allows when that beats 'no role' by more than this margin; None = events without arguments",
     )
+    argument_head_none_bias: float | None = Field(
+        default=None,
+        description="with argument_none_bias and an argument head (`reamo fit-argument-head`) that knows every role "
+        "the event type allows: the head's margin of the best role over 'no role' must beat this instead (its own "
+        "scale, calibrated by `reamo calibrate-events` when the model has a head); None = the head is not used",
+    )
     relation_type_filter: bool = Field(
         default=True, description="full relation extraction asks a pair only about relations whose entity types "
         "(MNRE labels carry them, e.g. /per/org/member_of) fit the pair's extracted types")
@@ -151,12 +158,14 @@ class Agent:
         trigger_lexicon: TriggerLexicon | None = None,
         trigger_head: DecisionHead | None = None,
         relation_head: DecisionHead | None = None,
+        argument_head: DecisionHead | None = None,
     ) -> None:
         self.model = model
         self.settings = settings or AgentSettings()
         self.trigger_lexicon = trigger_lexicon  # words that triggered events in the model's tuning data
         self.trigger_head = trigger_head  # event type of a trigger candidate from the LLM's state (`fit-trigger-head`)
         self.relation_head = relation_head  # relation of an entity pair from the LLM's state (`fit-relation-head`)
+        self.argument_head = argument_head  # role of an event's argument candidate (`fit-argument-head`)
         self.registry = registry if registry is not None else default_registry()
         self.dispatcher = Dispatcher(self.registry, timeout_s=self.settings.tool_timeout_s)
 
@@ -187,12 +196,12 @@ class Agent:
         lexicon = TriggerLexicon.load(lexicon_file) if lexicon_file is not None and lexicon_file.is_file() else None
         found = {}
         text_config = model.llm.config.get_text_config()
-        for name in (TRIGGER_HEAD_NAME, RELATION_HEAD_NAME):
+        for name in (TRIGGER_HEAD_NAME, RELATION_HEAD_NAME, ARGUMENT_HEAD_NAME):
             found[name] = DecisionHead.load(heads, name) if heads is not None else None
             if found[name] is not None:
                 found[name].check_fits(text_config.hidden_size, text_config.num_hidden_layers, str(heads), name)
         return cls(model, settings=checked, trigger_lexicon=lexicon, trigger_head=found[TRIGGER_HEAD_NAME],
-                   relation_head=found[RELATION_HEAD_NAME])
+                   relation_head=found[RELATION_HEAD_NAME], argument_head=found[ARGUMENT_HEAD_NAME])
 
     # -- the pipeline ----------------------------------------------------------------------------------------------
     def load_media(self, image: Any = None, audio: Any = None, video: Any = None) -> MediaBundle:

@@ -439,6 +439,33 @@ def fit_relation_head_command(
                   "settings.json>")
 
 
+@app.command("fit-argument-head")
+def fit_argument_head_command(
+    out: Path = _head_out("argument_head"),
+    model: str = _CALIBRATED_MODEL,
+    layer: int = _head_layer(24),
+    weight_decay: float = _head_weight_decay(0.03),
+    limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only the first N M2E2 train sentences."),
+) -> None:
+    """Fit the argument head (role of an argument candidate in an event, read from the LLM's hidden state) on the
+    gold events of the M2E2 train sentences the event decisions are tuned on; then calibrate its margin with
+    `reamo calibrate-events`."""
+    from reamo.model.embedded_default import ARGUMENT_HEAD_NAME
+    from reamo.tuning.decisions import m2e2_for_decisions
+    from reamo.tuning.heads import fit_argument_head
+
+    def fit(agent: Any) -> Any:
+        examples = m2e2_for_decisions("train")[:limit]
+        return fit_argument_head(agent, examples, layer=layer, weight_decay=weight_decay,
+                                 source=f"{model}: {len(examples)} M2E2 train sentences (calibration slice kept out)")
+
+    head = _fit_head(model, 160, layer, fit)
+    head.save(out, ARGUMENT_HEAD_NAME)
+    console.print(f"argument head written to {out} ({head.config.n_examples} candidates, {head.config.n_positive} "
+                  "arguments); calibrate its margin: reamo calibrate-events --model <the model> --out <its "
+                  "settings.json>")
+
+
 @app.command("eval")
 def evaluate(
     data: str = typer.Argument(..., help="gmner:dev | mnre:val | m2e2:dev | a jsonl file of examples"),

@@ -16,7 +16,7 @@ from reamo.candidates import TaggedWord, TriggerLexicon, pair_candidates
 from reamo.model.shared_prefix import ScoringItem
 from reamo.ontology import allowed_relations, event_roles, is_symmetric
 from reamo.prompting import Question, argument_question, build_messages, trigger_question
-from reamo.protocol import format_event_start, format_relation, format_relation_start
+from reamo.protocol import format_event, format_event_start, format_relation, format_relation_start
 from reamo.schema import Argument, Entity, Event, Mention, Problem, Relation, Result, Task, TextSpan
 from reamo.segmenting import Window
 
@@ -357,40 +357,59 @@ def decide_events_by_scoring(agent: "Agent", batch: Sequence[tuple["PreparedRequ
         batch[row][1].events = events[row]
 
 
+def argument_answers(event: Event, roles: Sequence[str], mention: str, end: str) -> list[str]:
+    """The answers an argument candidate's role is chosen among: the event alone ("no role"), then the event with
+    `mention` in each role, each as the model was tuned to write it."""
+    bare = Event(type=event.type, trigger=Mention(text=event.trigger.text))
+    with_role = [bare.model_copy(update={"arguments": [Argument(role=role, entity=Mention(text=mention))]})
+                 for role in roles]
+    return [f"Events: {format_event(answer)}{end}" for answer in (bare, *with_role)]
+
+
+def argument_items(agent: "Agent", request: "PreparedRequest", event: Event, entities: Sequence[Entity]
+                   ) -> list[tuple[Entity, list[str], ScoringItem]]:
+    """Each argument candidate of `event` among `entities` (those of its window, except one holding the trigger)
+    with the roles it is asked about and the item asking it, as the agent asks and as the argument head is fitted
+    (`reamo.tuning.heads`)."""
+    roles = event_roles(event.type, request.labels.event_roles)
+    if not roles:
+        return []
+    end = agent.model.tokenizer.eos_token or ""
+    _, window = _window(request, event.trigger)
+    out = []
+    for entity in entities:
+        if entity.window != event.window or (entity.span and event.trigger.span
+                                             and entity.span.start <= event.trigger.span.start < entity.span.end):
+            continue
+        question = argument_question(event.type, event.trigger.text, roles, entity.text)
+        segment = question_segment(agent, request, window, ("ee",), question=question)
+        out.append((entity, roles, segment_item(segment, argument_answers(event, roles, entity.text, end),
+                                                request.features)))
+    return out
+
+
 def _decide_arguments(agent: "Agent", batch: Sequence[tuple["PreparedRequest", Result]],
                       events: dict[int, list[Event]]) -> None:
-    """Each accepted event's arguments among the entities of its window (see `decide_events_by_scoring`)."""
-    from reamo.protocol import format_event
-
+    """Each accepted event's arguments among the entities of its window (see `decide_events_by_scoring`): by the
+    agent's argument head where it knows every role the event type allows and `argument_head_none_bias` is set,
+    else by rank classification against `argument_none_bias` (`decide_options`)."""
     settings = agent.settings
-    bias = settings.argument_none_bias
-    if bias is None:
+    if settings.argument_none_bias is None:
         return
-    end = agent.model.tokenizer.eos_token or ""
+    head, head_bias = getattr(agent, "argument_head", None), settings.argument_head_none_bias
     items: list[ScoringItem] = []
     owners: list[tuple[Event, Entity, list[str]]] = []
     for row, found in events.items():
         request, result = batch[row]
         for event in found:
-            roles = event_roles(event.type, request.labels.event_roles)
-            if not roles:
-                continue
-            _, window = _window(request, event.trigger)
-            bare = Event(type=event.type, trigger=Mention(text=event.trigger.text))
-            for entity in result.entities:
-                if entity.window != event.window or (entity.span and event.trigger.span
-                                                     and entity.span.start <= event.trigger.span.start
-                                                     < entity.span.end):
-                    continue
-                question = argument_question(event.type, event.trigger.text, roles, entity.text)
-                segment = question_segment(agent, request, window, ("ee",), question=question)
-                answers = [f"Events: {format_event(bare)}{end}"] + [
-                    f"Events: {format_event(bare.model_copy(update={'arguments': [Argument(role=role, entity=Mention(text=entity.text))]}))}{end}"
-                    for role in roles]
-                items.append(segment_item(segment, answers, request.features))
+            for entity, roles, item in argument_items(agent, request, event, result.entities):
+                items.append(item)
                 owners.append((event, entity, roles))
-    for (event, entity, roles), scores in zip(owners, agent.model.score_continuations(items)):
-        best, margin = best_over_none(scores)
+    decided = decide_options(agent, items, [owner[2] for owner in owners],
+                             [head_decides(head, head_bias, owner[2]) for owner in owners], head, head_bias,
+                             settings.argument_none_bias)
+    for (event, entity, roles), (best, margin, bias) in zip(owners, decided, strict=True):
+        assert bias is not None
         if margin > bias:
             event.arguments.append(Argument(role=roles[best], entity=Mention(text=entity.text, span=entity.span),
                                             score=margin))

@@ -124,8 +124,8 @@ def test_embedded_default_extracts_a_parsed_result() -> None:
 
 
 def test_embedded_default_types_triggers_with_its_head_and_invents_no_event() -> None:
-    """The shipped trigger head decides the default label set (M2E2's eight types): the arrest is found with its
-    place, a caption with no event stays without one (rank classification had also kept "Police" and "suspect")."""
+    """The shipped trigger head decides the default label set (M2E2's eight types) and the argument head the roles:
+    the arrest is found with its place, a caption with no event stays without one (rank classification had also kept "Police" and "suspect")."""
     agent = Agent.from_pretrained("default", max_new_tokens=60)
     assert agent.trigger_head is not None and agent.settings.trigger_head_none_bias is not None
     text = "Police arrested the suspect in Paris on Monday."
@@ -133,6 +133,8 @@ def test_embedded_default_types_triggers_with_its_head_and_invents_no_event() ->
     assert [(e.type, e.trigger.text) for e in events] == [("Justice:Arrest-Jail", "arrested")]
     assert events[0].score > agent.settings.trigger_head_none_bias
     assert [(a.role, a.entity.text) for a in events[0].arguments] == [("Place", "Paris")]
+    assert agent.argument_head is not None and agent.settings.argument_head_none_bias is not None  # roles by its head
+    assert events[0].arguments[0].score > agent.settings.argument_head_none_bias
     caption = "NASA astronaut Eileen Collins poses for a portrait at the Johnson Space Center in Houston."
     assert agent.extract(text=caption, tasks=("ner", "ee")).events == []
 

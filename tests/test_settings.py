@@ -168,8 +168,8 @@ def test_event_calibration_reports_what_it_wrote(tmp_path: Path, monkeypatch: py
 
 def test_event_calibration_with_a_trigger_head_calibrates_the_head_and_the_ranking(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a trigger head, the head's margin and the arguments come from the head's events, and the ranking's
-    margin (for event types the head does not know) from a second run without the head; the head is put back."""
+    """With a trigger head, the ranking's margin (for event types the head does not know) comes from a run without
+    the head, the head's margin and the arguments from a second run with it; the head is put back."""
     from types import SimpleNamespace
 
     from reamo.eval import calibrate
@@ -192,7 +192,7 @@ def test_event_calibration_with_a_trigger_head_calibrates_the_head_and_the_ranki
         trigger_none_bias=None, trigger_head_none_bias=None, argument_none_bias=None))
     out = tmp_path / "settings.json"
     result = calibrate.calibrate_event_decisions(agent, [tmp_path / "r.yaml"], out)
-    assert seen == [(head, -1e9), (None, None)] and agent.trigger_head is head
+    assert seen == [(None, None), (head, -1e9)] and agent.trigger_head is head
     written = json.loads(out.read_text())
     assert 2.0 <= written["trigger_head_none_bias"] < 3.0 and -1.5 <= written["trigger_none_bias"] < -0.5
     assert written["argument_none_bias"] < 0.5  # the head's event keeps its right argument

@@ -1,5 +1,5 @@
-"""Fitting a decision head (`reamo.model.decision_heads`) on a tuned model's hidden states: `reamo fit-trigger-head`
-and `reamo fit-relation-head`.
+"""Fitting a decision head (`reamo.model.decision_heads`) on a tuned model's hidden states: `reamo fit-trigger-head`,
+`reamo fit-relation-head` and `reamo fit-argument-head`.
 
 The trigger head is fitted on the M2E2 train sentences the event decisions are tuned on (`m2e2_for_decisions`,
 never the calibration slice or dev): every trigger candidate the agent would ask about, asked exactly as the agent
@@ -9,6 +9,11 @@ calibrated like rank classification's, with `reamo calibrate-events` on the held
 The relation head is fitted on MNRE train pairs outside the calibration slice (`mnre_calibration_held_out`), each
 asked as the agent asks a given pair (`reamo.decisions.pair_items`), labelled with its gold relation or "None"; its
 margins are calibrated by `reamo calibrate-pairs` (given pairs) and `reamo calibrate-triples` (full triples).
+
+The argument head is fitted on the gold events of the same M2E2 sentences as the trigger head: every gold entity
+of the sentence is asked as an argument candidate of each gold event, exactly as the agent asks it
+(`reamo.decisions.argument_items`), labelled with the role it plays in that event or "None"; its margin is
+calibrated by `reamo calibrate-events`.
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from reamo.candidates import tag
 from reamo.datasets import M2E2_ENTITY_TYPES, M2E2_EVENT_TYPES, Example, mnre_calibration_held_out, read_mnre
-from reamo.decisions import pair_items, trigger_items
+from reamo.decisions import argument_items, pair_items, trigger_items
 from reamo.model.decision_heads import NO_LABEL, DecisionHead, DecisionHeadConfig
-from reamo.schema import Labels
+from reamo.ontology import event_roles
+from reamo.schema import Event, Labels
 
 if TYPE_CHECKING:
     from reamo.agent import Agent
@@ -38,6 +44,9 @@ DEFAULT_WEIGHT_DECAY = 0.01
 RELATION_ANSWER_START = "Relations:"
 DEFAULT_RELATION_LAYER = 28  # of 30: chosen by held-out log-loss among layers 16-30 (model card)
 DEFAULT_RELATION_WEIGHT_DECAY = 0.03  # with layer 28, the lowest held-out log-loss (0.745) of 1e-3..0.1
+ARGUMENT_ANSWER_START = "Events:"
+DEFAULT_ARGUMENT_LAYER = 24  # the trigger head's layer (the same answer start); not searched separately
+DEFAULT_ARGUMENT_WEIGHT_DECAY = 0.03  # the lowest log-loss on the calibration slice's candidates of 0.01/0.03/0.1
 
 
 def trigger_states(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str], layer: int,
@@ -74,6 +83,65 @@ def fit_trigger_head(agent: "Agent", examples: Sequence[Example], event_types: S
     head = fit_head(states, targets, list(event_types), layer, weight_decay, TRIGGER_ANSWER_START, source,
                     f"candidates that are triggers and candidates that are not, from {len(examples)} sentences")
     logger.info("trigger head fitted on %d candidates (%d triggers) of %d sentences, layer %d", len(targets),
+                head.config.n_positive, len(examples), layer)
+    return head
+
+
+def argument_roles(event_types: Sequence[str]) -> list[str]:
+    """Every role the event types allow (`event_roles`), each once, in first-seen order: the argument head's labels
+    (a decision is restricted to the roles of its event's type)."""
+    return list(dict.fromkeys(role for event_type in event_types for role in event_roles(event_type)))
+
+
+def argument_states(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str], layer: int,
+                    batch_size: int = 32) -> tuple[torch.Tensor, list[str | None]]:
+    """The hidden state at the answer start of every argument candidate's decision prompt in `examples` (each gold
+    entity asked about each gold event of a requested type), and the role that entity plays in that event (None
+    when it plays none)."""
+    labels = Labels(entity_types=list(M2E2_ENTITY_TYPES), event_types=list(event_types))
+    wanted = {event_type.casefold() for event_type in event_types}
+    states: list[torch.Tensor] = []
+    targets: list[str | None] = []
+    skipped = 0
+    for start in tqdm(range(0, len(examples), batch_size), desc="argument head states", disable=None):
+        items = []
+        for example in examples[start:start + batch_size]:
+            events = [e for e in example.gold.events if e.type.casefold() in wanted]
+            if not events:
+                continue
+            request = agent.prepare(example.text, tasks=("ee",), labels=labels)
+            for event in events:
+                roles = {_span(a.entity): a.role for a in event.arguments}
+                asked = Event(type=event.type, trigger=event.trigger)
+                for entity, allowed, item in argument_items(agent, request, asked, example.gold.entities):
+                    role = roles.get(_span(entity))
+                    if role is not None and role not in allowed:
+                        skipped += 1  # a role the event type does not allow: the agent could never answer it
+                        continue
+                    items.append(item.model_copy(update={"continuations": [ARGUMENT_ANSWER_START]}))
+                    targets.append(role)
+        if items:
+            states.append(agent.model.answer_start_states(items, layer))
+    if skipped:
+        logger.warning("%d gold arguments have a role their event type does not allow; left out", skipped)
+    hidden = agent.model.llm.config.get_text_config().hidden_size
+    return (torch.cat(states) if states else torch.zeros(0, hidden)), targets
+
+
+def _span(mention: Any) -> Any:
+    return (mention.span.start, mention.span.end) if mention.span else mention.text
+
+
+def fit_argument_head(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str] = M2E2_EVENT_TYPES,
+                      layer: int = DEFAULT_ARGUMENT_LAYER, weight_decay: float = DEFAULT_ARGUMENT_WEIGHT_DECAY,
+                      source: str = "") -> DecisionHead:
+    """An argument head for `agent`'s model over "None" + every role of `event_types` (`argument_roles`), fitted
+    on the gold events' candidates of `examples` (see `argument_states`)."""
+    states, targets = argument_states(agent, examples, event_types, layer)
+    head = fit_head(states, targets, argument_roles(event_types), layer, weight_decay, ARGUMENT_ANSWER_START, source,
+                    f"argument candidates that play a role and candidates that do not, from sentences with events "
+                    f"({len(examples)} given)")
+    logger.info("argument head fitted on %d candidates (%d arguments) of %d sentences, layer %d", len(targets),
                 head.config.n_positive, len(examples), layer)
     return head
 

@@ -49,6 +49,7 @@ LEXICON_NAME = "trigger_lexicon.json"
 SHIPPED_LEXICON = SHIPPED_ADAPTER.parent / LEXICON_NAME
 TRIGGER_HEAD_NAME = "trigger_head"  # trigger_head.safetensors + trigger_head.json (`reamo fit-trigger-head`)
 RELATION_HEAD_NAME = "relation_head"  # relation_head.safetensors + relation_head.json (`reamo fit-relation-head`)
+ARGUMENT_HEAD_NAME = "argument_head"  # argument_head.safetensors + argument_head.json (`reamo fit-argument-head`)
 SHIPPED_HEADS = SHIPPED_ADAPTER.parent
 
 
