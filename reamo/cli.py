@@ -386,29 +386,40 @@ def _fit_head(model: str, max_new_tokens: int, layer: int, fit: Any) -> Any:
         _fail(str(err))
 
 
+_M2E2_HEAD_LIMIT = typer.Option(None, "--limit", min=10, help="Only the first N M2E2 train sentences.")
+
+
+def _fit_m2e2_head(out: Path, model: str, layer: int, weight_decay: float, limit: Optional[int], fitter: Any,
+                   name: str, counted: str) -> None:
+    """Fit a head with `fitter` on the M2E2 train sentences the event decisions are tuned on; save it as `name`."""
+    from reamo.tuning.decisions import m2e2_for_decisions
+
+    def fit(agent: Any) -> Any:
+        examples = m2e2_for_decisions("train")[:limit]
+        return fitter(agent, examples, layer=layer, weight_decay=weight_decay,
+                      source=f"{model}: {len(examples)} M2E2 train sentences (calibration slice kept out)")
+
+    head = _fit_head(model, 160, layer, fit)
+    head.save(out, name)
+    console.print(f"{name.replace('_', ' ')} written to {out} ({head.config.n_examples} candidates, "
+                  f"{head.config.n_positive} {counted}); calibrate its margin: reamo calibrate-events --model <the "
+                  "model> --out <its settings.json>")
+
+
 @app.command("fit-trigger-head")
 def fit_trigger_head_command(
     out: Path = _head_out("trigger_head"),
     model: str = _CALIBRATED_MODEL,
     layer: int = _head_layer(24),
     weight_decay: float = _head_weight_decay(0.01),
-    limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only the first N M2E2 train sentences."),
+    limit: Optional[int] = _M2E2_HEAD_LIMIT,
 ) -> None:
     """Fit the trigger head (event type of a trigger candidate read from the LLM's hidden state) on the M2E2 train
     sentences the event decisions are tuned on; then calibrate its margin with `reamo calibrate-events`."""
     from reamo.model.embedded_default import TRIGGER_HEAD_NAME
-    from reamo.tuning.decisions import m2e2_for_decisions
     from reamo.tuning.heads import fit_trigger_head
 
-    def fit(agent: Any) -> Any:
-        examples = m2e2_for_decisions("train")[:limit]
-        return fit_trigger_head(agent, examples, layer=layer, weight_decay=weight_decay,
-                                source=f"{model}: {len(examples)} M2E2 train sentences (calibration slice kept out)")
-
-    head = _fit_head(model, 160, layer, fit)
-    head.save(out, TRIGGER_HEAD_NAME)
-    console.print(f"trigger head written to {out} ({head.config.n_examples} candidates, {head.config.n_positive} "
-                  f"triggers); calibrate its margin: reamo calibrate-events --model <the model> --out <its settings.json>")
+    _fit_m2e2_head(out, model, layer, weight_decay, limit, fit_trigger_head, TRIGGER_HEAD_NAME, "triggers")
 
 
 @app.command("fit-relation-head")
@@ -445,25 +456,15 @@ def fit_argument_head_command(
     model: str = _CALIBRATED_MODEL,
     layer: int = _head_layer(24),
     weight_decay: float = _head_weight_decay(0.03),
-    limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only the first N M2E2 train sentences."),
+    limit: Optional[int] = _M2E2_HEAD_LIMIT,
 ) -> None:
     """Fit the argument head (role of an argument candidate in an event, read from the LLM's hidden state) on the
     gold events of the M2E2 train sentences the event decisions are tuned on; then calibrate its margin with
     `reamo calibrate-events`."""
     from reamo.model.embedded_default import ARGUMENT_HEAD_NAME
-    from reamo.tuning.decisions import m2e2_for_decisions
     from reamo.tuning.heads import fit_argument_head
 
-    def fit(agent: Any) -> Any:
-        examples = m2e2_for_decisions("train")[:limit]
-        return fit_argument_head(agent, examples, layer=layer, weight_decay=weight_decay,
-                                 source=f"{model}: {len(examples)} M2E2 train sentences (calibration slice kept out)")
-
-    head = _fit_head(model, 160, layer, fit)
-    head.save(out, ARGUMENT_HEAD_NAME)
-    console.print(f"argument head written to {out} ({head.config.n_examples} candidates, {head.config.n_positive} "
-                  "arguments); calibrate its margin: reamo calibrate-events --model <the model> --out <its "
-                  "settings.json>")
+    _fit_m2e2_head(out, model, layer, weight_decay, limit, fit_argument_head, ARGUMENT_HEAD_NAME, "arguments")
 
 
 @app.command("eval")
