@@ -331,3 +331,29 @@ def test_repetition_stop_ends_loops_only(tiny_llm_dir) -> None:
     longest = max(len(i) for i in ids)
     batch = torch.tensor([[tokenizer.pad_token_id] * (longest - len(i)) + i for i in ids])
     assert stop(batch, None).tolist() == [True, False, False]
+
+
+def test_scores_and_answer_start_states_with_media_equal_a_plain_forward(tiny_model: ReamoModel) -> None:
+    """Items whose prompt holds a media placeholder run alone (their embeddings differ per item), beside items that
+    share a cached start; each score and state is that of one plain forward over the spliced embeddings."""
+    from reamo.model.shared_prefix import ScoringItem
+
+    media = media_tensors(tiny_model)
+    prefix = "USER: Read the text. "
+    with_image = ScoringItem(prompt=prefix + "<image>\nWho? ASSISTANT:", prefix=prefix, continuations=[" Nadal"],
+                             media={"image": media["image"]})
+    plain = ScoringItem(prompt=prefix + "Who? ASSISTANT:", prefix=prefix, continuations=[" Nadal"])
+    scores = tiny_model.score_continuations([with_image, plain])
+    states = tiny_model.answer_start_states([with_image, plain], layer=1)
+    for item, (score,), state in zip((with_image, plain), scores, states, strict=True):
+        prompt_ids = tiny_model.tokenize_with_placeholders(item.prompt)
+        answer = tiny_model.tokenizer(" Nadal", add_special_tokens=False)["input_ids"]
+        embeds = tiny_model.embed(prompt_ids + answer, item.media or {})[None]
+        with torch.no_grad():
+            out = tiny_model.llm(inputs_embeds=embeds, output_hidden_states=True)
+        logits = out.logits[0].float().log_softmax(-1)
+        first = embeds.shape[1] - len(answer) - 1
+        expected = sum(float(logits[first + i, token]) for i, token in enumerate(answer))
+        assert score == pytest.approx(expected, abs=1e-3)
+        torch.testing.assert_close(state, out.hidden_states[1][0, -1].float(), rtol=1e-4, atol=1e-4)
+    assert scores[0] != pytest.approx(scores[1])  # the image changed the answer's likelihood

@@ -741,18 +741,15 @@ class ReamoModel(nn.Module):
         """
         out: list[list[float]] = [[] for _ in items]
         with self._lock:
-            groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+            prompts = {}
             for index, item in enumerate(items):
-                if not item.continuations:
-                    continue
-                ids = self.tokenize_with_placeholders(item.prompt)
-                if len(ids) < 2:
-                    raise ValueError("scoring needs a prompt of at least two tokens")
-                if any(token < 0 for token in ids):  # media embeddings: each item on its own
-                    out[index] = self._score_with_media(ids, item)
-                    continue
-                length = self.shared_prefix_length(ids, item.prefix)
-                groups.setdefault(tuple(ids[:length]), []).append((index, ids[length:]))
+                if item.continuations:
+                    prompts[index] = self.tokenize_with_placeholders(item.prompt)
+                    if len(prompts[index]) < 2:
+                        raise ValueError("scoring needs a prompt of at least two tokens")
+            groups, with_media = self._group_by_cached_prefix(items, prompts)
+            for index in with_media:  # media embeddings: each item on its own
+                out[index] = self._score_with_media(prompts[index], items[index])
             for key, members in groups.items():
                 key_values = self._prefix_key_values(key) if key else None
                 chunk: list[tuple[int, list[int], list[list[int]]]] = []
@@ -769,6 +766,25 @@ class ReamoModel(nn.Module):
                     self._score_tree(len(key), key_values, chunk, out)
         return out
 
+    def _group_by_cached_prefix(self, items: Sequence[ScoringItem], sequences: dict[int, list[int]],
+                                keep_last: bool = False
+                                ) -> tuple[dict[tuple[int, ...], list[tuple[int, list[int]]]], list[int]]:
+        """The token `sequences` of `items` (by index) grouped by the cached start they share (`shared_prefix_length`
+        with the item's prefix): {start ids: [(index, the rest)]}, so each start is computed once; and the indices
+        of sequences with media placeholders, which run alone. `keep_last`: at least the last token stays in the
+        rest (its hidden state is what is read)."""
+        groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        with_media = []
+        for index, ids in sequences.items():
+            if any(token < 0 for token in ids):
+                with_media.append(index)
+                continue
+            length = self.shared_prefix_length(ids, items[index].prefix)
+            if keep_last:
+                length = min(length, len(ids) - 1)
+            groups.setdefault(tuple(ids[:length]), []).append((index, ids[length:]))
+        return groups, with_media
+
     def answer_start_states(self, items: Sequence[ScoringItem], layer: int, batch_size: int = 16) -> torch.Tensor:
         """For each item, the hidden state (`hidden_states[layer]`, 0 = embeddings) at the last token of its prompt
         followed by its one continuation, the answer start ("Events:"): what a `DecisionHead` reads. Prompts share
@@ -777,18 +793,15 @@ class ReamoModel(nn.Module):
             raise ValueError("answer_start_states takes one continuation (the answer start) per item")
         out: list[torch.Tensor | None] = [None] * len(items)
         with self._lock, torch.no_grad():
-            groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
-            for index, item in enumerate(items):
-                ids = self.tokenize_with_placeholders(item.prompt)
-                ids += self.tokenizer(item.continuations[0], add_special_tokens=False)["input_ids"]
-                if any(token < 0 for token in ids):  # media embeddings: each item on its own
-                    embeds = self.embed(ids, item.media or {}).unsqueeze(0)
-                    hidden = self.llm(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
-                                      device=self.device), output_hidden_states=True, logits_to_keep=1).hidden_states
-                    out[index] = hidden[layer][0, -1].float().cpu()
-                    continue
-                length = min(self.shared_prefix_length(ids, item.prefix), len(ids) - 1)
-                groups.setdefault(tuple(ids[:length]), []).append((index, ids[length:]))
+            sequences = {index: self.tokenize_with_placeholders(item.prompt)
+                         + self.tokenizer(item.continuations[0], add_special_tokens=False)["input_ids"]
+                         for index, item in enumerate(items)}
+            groups, with_media = self._group_by_cached_prefix(items, sequences, keep_last=True)
+            for index in with_media:  # media embeddings: each item on its own
+                embeds = self.embed(sequences[index], items[index].media or {}).unsqueeze(0)
+                hidden = self.llm(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
+                                  device=self.device), output_hidden_states=True, logits_to_keep=1).hidden_states
+                out[index] = hidden[layer][0, -1].float().cpu()
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             for key, members in groups.items():
                 key_values = self._prefix_key_values(key) if key else None
