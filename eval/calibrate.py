@@ -403,28 +403,33 @@ def _triple(head: Any, label: str, tail: Any) -> tuple:
 def calibrate_triples(agent: Any, recipes: Recipes, out: str | os.PathLike[str], limit: int = 300,
                       seed: int = 0) -> ThresholdCalibration | dict[str, ThresholdCalibration]:
     """Pick `triple_none_bias` for the best triple F1 on held-out MNRE train sentences; write it into `out`. With a
-    relation head, first its own margin (`triple_head_none_bias`), then rank classification's without the head (the
-    head's margin written as null when its held-out F1 is below the ranking's); returns both by name ("triple_head",
-    "triple") then, else the one calibration."""
+    head that decides full triples (`triple_decider`: the triple head, else the relation head), first its own
+    margin (`triple_head_none_bias`), then rank classification's without a head (the head's margin written as
+    null when its held-out F1 is below the ranking's); returns both by name ("triple_head", "triple") then, else the
+    one calibration."""
+    from reamo.decisions import triple_decider
+
     excluded = training_texts(recipes)
     examples = held_out_mnre_sentences(excluded, limit, seed)
     names = _recipe_names(recipes)
-    head = getattr(agent, "relation_head", None)
+    head = triple_decider(agent)
     if head is None:
         return _calibrate_triples(agent, examples, out, "triple_none_bias", "triple_calibration", len(excluded),
                                   names, seed, "")
+    which = "triple head" if getattr(agent, "triple_head", None) is not None else "relation head"
+    heads = getattr(agent, "triple_head", None), getattr(agent, "relation_head", None)
     before = agent.settings.triple_head_none_bias
     agent.settings.triple_head_none_bias = -1e9  # the head decides
     try:
         by_head = _calibrate_triples(agent, examples, out, "triple_head_none_bias", "triple_head_calibration",
-                                     len(excluded), names, seed, f"; margins of the relation head (layer "
-                                     f"{head.config.layer}, `reamo fit-relation-head`)")
-        agent.relation_head = None
+                                     len(excluded), names, seed, f"; margins of the {which} (layer "
+                                     f"{head.config.layer}, `reamo fit-{which.replace(' ', '-')}`)")
+        agent.triple_head = agent.relation_head = None
         ranked = _calibrate_triples(agent, examples, out, "triple_none_bias", "triple_calibration", len(excluded),
-                                    names, seed, "; margins of rank classification (requests with relations the "
-                                    "relation head was not fitted on)")
+                                    names, seed, f"; margins of rank classification (requests with relations the "
+                                    f"{which} was not fitted on)")
     finally:
-        agent.relation_head, agent.settings.triple_head_none_bias = head, before
+        (agent.triple_head, agent.relation_head), agent.settings.triple_head_none_bias = heads, before
     _keep_head_if_better(out, "triple_head_none_bias", by_head, ranked, "triple_head_calibration", "triple F1")
     return {"triple_head": by_head, "triple": ranked}
 

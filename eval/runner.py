@@ -336,13 +336,12 @@ def predict_all(predictor: Predictor, examples: Sequence[Example], path: str | o
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _decider(agent: Any, head_name: str, fit_command: str, head_bias: float | None, bias: float | None,
+def _decider(head: Any, head_name: str, head_bias: float | None, bias: float | None,
              labels: Sequence[Sequence[str]]) -> str:
-    """How one kind of event decision is made for a dataset whose requests ask among each of `labels`."""
-    head = getattr(agent, head_name, None)
+    """How one kind of decision is made for a dataset whose requests ask among each of `labels`."""
     if head is not None and head_bias is not None and all(head.covers(options) for options in labels):
-        return (f"the {head_name.replace('_', ' ')} (layer {head.config.layer} of the LLM, `{fit_command}`) with "
-                f"margin {head_bias}")
+        return (f"the {head_name.replace('_', ' ')} (layer {head.config.layer} of the LLM, "
+                f"`reamo fit-{head_name.replace('_', '-')}`) with margin {head_bias}")
     return f"rank classification of the model's answers with margin {bias}"
 
 
@@ -359,17 +358,32 @@ def _event_notes(agent: Any, settings: Any, spec: DatasetSpec | None) -> list[st
     from reamo.ontology import event_roles
 
     types = list(spec.labels.event_types) if spec is not None and spec.labels is not None else []
-    triggers = _decider(agent, "trigger_head", "reamo fit-trigger-head",
+    triggers = _decider(getattr(agent, "trigger_head", None), "trigger_head",
                         getattr(settings, "trigger_head_none_bias", None), trigger_bias, [types])
     note = f"reamo asks each trigger candidate for an event type or none, decided by {triggers}"
     argument_bias = getattr(settings, "argument_none_bias", None)
     if argument_bias is not None:
         roles = [event_roles(t, spec.labels.event_roles if spec is not None and spec.labels else None) for t in types]
-        arguments = _decider(agent, "argument_head", "reamo fit-argument-head",
+        arguments = _decider(getattr(agent, "argument_head", None), "argument_head",
                              getattr(settings, "argument_head_none_bias", None), argument_bias,
                              [r for r in roles if r])
         note += f"; each entity of an accepted event's window for a role of its type or none, decided by {arguments}"
     return [note + " (margins calibrated on held-out M2E2 train sentences, `reamo calibrate-events`)"]
+
+
+def _triple_notes(agent: Any, settings: Any) -> list[str]:
+    """How the agent decided the full triples it is scored on."""
+    bias = getattr(settings, "triple_none_bias", None)
+    if bias is None:
+        return ["reamo writes the relations of full triple extraction freely (no triple_none_bias set)"]
+    from reamo.decisions import triple_decider
+
+    head = triple_decider(agent)
+    name = "triple_head" if head is not None and head is getattr(agent, "triple_head", None) else "relation_head"
+    how = _decider(head, name, getattr(settings, "triple_head_none_bias", None), bias,
+                   [DATASETS["mnre"].labels.relation_types])
+    return [f"reamo asks each pair of the entities it extracted, both ways, for a relation or none, decided by {how} "
+            "(margin calibrated on held-out MNRE train sentences, `reamo calibrate-triples`)"]
 
 
 def _notes(source: str, image_dir: Path | None, systems: dict[str, Any]) -> list[str]:
@@ -494,6 +508,8 @@ def run_eval(
         else:
             how = "greedy decoding decides between a relation and None"
         notes.append("reamo is given each gold pair; " + how)
+    if source == "mnre" and settings is not None and triples:
+        notes.extend(_triple_notes(agent, settings))
     if "ee" in DATASETS.get(source, DatasetSpec(tasks=())).tasks and settings is not None:
         notes.extend(_event_notes(agent, settings, DATASETS.get(source)))
     report = EvalReport(data=label, source=source, split=split, n_examples=len(examples), limit=limit,

@@ -31,6 +31,7 @@ from reamo.model.embedded_default import (
     SHIPPED_HEADS,
     SHIPPED_LEXICON,
     TRIGGER_HEAD_NAME,
+    TRIPLE_HEAD_NAME,
     load_default_model,
     read_settings,
     shipped_settings,
@@ -91,9 +92,10 @@ class AgentSettings(BaseModel):
     )
     triple_head_none_bias: float | None = Field(
         default=None,
-        description="with triple_none_bias and a relation head that knows every requested relation: the pairs of "
-        "extracted entities are decided by the head with this margin instead (calibrated by `reamo "
-        "calibrate-triples` when the model has a head); None = the head is not used for full triples",
+        description="with triple_none_bias and a triple head (`reamo fit-triple-head`; else the relation head) that "
+        "knows every requested relation: the pairs of extracted entities are decided by the head with this margin "
+        "instead (calibrated by `reamo calibrate-triples` when the model has a head); None = the head is not used "
+        "for full triples",
     )
     trigger_none_bias: float | None = Field(
         default=None,
@@ -159,6 +161,7 @@ class Agent:
         trigger_head: DecisionHead | None = None,
         relation_head: DecisionHead | None = None,
         argument_head: DecisionHead | None = None,
+        triple_head: DecisionHead | None = None,
     ) -> None:
         self.model = model
         self.settings = settings or AgentSettings()
@@ -166,6 +169,7 @@ class Agent:
         self.trigger_head = trigger_head  # event type of a trigger candidate from the LLM's state (`fit-trigger-head`)
         self.relation_head = relation_head  # relation of an entity pair from the LLM's state (`fit-relation-head`)
         self.argument_head = argument_head  # role of an event's argument candidate (`fit-argument-head`)
+        self.triple_head = triple_head  # relation of an ordered pair of extracted entities (`fit-triple-head`)
         self.registry = registry if registry is not None else default_registry()
         self.dispatcher = Dispatcher(self.registry, timeout_s=self.settings.tool_timeout_s)
 
@@ -196,12 +200,13 @@ class Agent:
         lexicon = TriggerLexicon.load(lexicon_file) if lexicon_file is not None and lexicon_file.is_file() else None
         found = {}
         text_config = model.llm.config.get_text_config()
-        for name in (TRIGGER_HEAD_NAME, RELATION_HEAD_NAME, ARGUMENT_HEAD_NAME):
+        for name in (TRIGGER_HEAD_NAME, RELATION_HEAD_NAME, ARGUMENT_HEAD_NAME, TRIPLE_HEAD_NAME):
             found[name] = DecisionHead.load(heads, name) if heads is not None else None
             if found[name] is not None:
                 found[name].check_fits(text_config.hidden_size, text_config.num_hidden_layers, str(heads), name)
         return cls(model, settings=checked, trigger_lexicon=lexicon, trigger_head=found[TRIGGER_HEAD_NAME],
-                   relation_head=found[RELATION_HEAD_NAME], argument_head=found[ARGUMENT_HEAD_NAME])
+                   relation_head=found[RELATION_HEAD_NAME], argument_head=found[ARGUMENT_HEAD_NAME],
+                   triple_head=found[TRIPLE_HEAD_NAME])
 
     # -- the pipeline ----------------------------------------------------------------------------------------------
     def load_media(self, image: Any = None, audio: Any = None, video: Any = None) -> MediaBundle:

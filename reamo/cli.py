@@ -422,6 +422,25 @@ def fit_trigger_head_command(
     _fit_m2e2_head(out, model, layer, weight_decay, limit, fit_trigger_head, TRIGGER_HEAD_NAME, "triggers")
 
 
+def _fit_mnre_head(out: Path, model: str, layer: int, weight_decay: float, limit: Optional[int], load: Any,
+                   fitter: Any, name: str, unit: str, calibrate: str) -> None:
+    """Fit a head with `fitter` on `load(limit)` (MNRE train data outside the calibration slice: all of it, or a
+    seeded sample); save it as `name`."""
+
+    def fit(agent: Any) -> Any:
+        examples = load(limit)
+        which = f"all {len(examples)}" if limit is None or len(examples) < limit else \
+            f"a sample (seed 0) of {len(examples)}"
+        return fitter(agent, examples, layer=layer, weight_decay=weight_decay,
+                      source=f"{model}: {which} MNRE train {unit} (calibration slice kept out)")
+
+    head = _fit_head(model, 48, layer, fit)
+    head.save(out, name)
+    console.print(f"{name.replace('_', ' ')} written to {out} ({head.config.n_examples} pairs, "
+                  f"{head.config.n_positive} related); calibrate its margin: {calibrate} --model <the model> --out "
+                  "<its settings.json>")
+
+
 @app.command("fit-relation-head")
 def fit_relation_head_command(
     out: Path = _head_out("relation_head"),
@@ -431,23 +450,13 @@ def fit_relation_head_command(
     limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only a seeded sample of N MNRE train pairs "
                                         "(default: every pair outside the calibration slice, 11,061)."),
 ) -> None:
-    """Fit the relation head (relation of an entity pair read from the LLM's hidden state) on MNRE train pairs
-    outside the calibration slice; then calibrate its margins with `reamo calibrate-pairs` and `calibrate-triples`."""
+    """Fit the relation head (relation of a given entity pair read from the LLM's hidden state) on MNRE train pairs
+    outside the calibration slice; then calibrate its margin with `reamo calibrate-pairs`."""
     from reamo.model.embedded_default import RELATION_HEAD_NAME
     from reamo.tuning.heads import fit_relation_head, relation_training_pairs
 
-    def fit(agent: Any) -> Any:
-        examples = relation_training_pairs(limit)
-        which = f"all {len(examples)}" if limit is None or len(examples) < limit else \
-            f"a sample (seed 0) of {len(examples)}"
-        return fit_relation_head(agent, examples, layer=layer, weight_decay=weight_decay,
-                                 source=f"{model}: {which} MNRE train pairs (calibration slice kept out)")
-
-    head = _fit_head(model, 48, layer, fit)
-    head.save(out, RELATION_HEAD_NAME)
-    console.print(f"relation head written to {out} ({head.config.n_examples} pairs, {head.config.n_positive} related); "
-                  "calibrate its margins: reamo calibrate-pairs / calibrate-triples --model <the model> --out <its "
-                  "settings.json>")
+    _fit_mnre_head(out, model, layer, weight_decay, limit, relation_training_pairs, fit_relation_head,
+                   RELATION_HEAD_NAME, "pairs", "reamo calibrate-pairs / calibrate-triples")
 
 
 @app.command("fit-argument-head")
@@ -465,6 +474,25 @@ def fit_argument_head_command(
     from reamo.tuning.heads import fit_argument_head
 
     _fit_m2e2_head(out, model, layer, weight_decay, limit, fit_argument_head, ARGUMENT_HEAD_NAME, "arguments")
+
+
+@app.command("fit-triple-head")
+def fit_triple_head_command(
+    out: Path = _head_out("triple_head"),
+    model: str = _CALIBRATED_MODEL,
+    layer: int = _head_layer(28),
+    weight_decay: float = _head_weight_decay(0.03),
+    limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only a seeded sample of N MNRE train "
+                                        "sentences (default: every sentence outside the calibration slice, 6,621)."),
+) -> None:
+    """Fit the triple head (relation of an ordered pair of a sentence's entities read from the LLM's hidden state,
+    for full triple extraction) on every entity pair of the MNRE train sentences outside the calibration slice, in
+    both directions; then calibrate its margin with `reamo calibrate-triples`."""
+    from reamo.model.embedded_default import TRIPLE_HEAD_NAME
+    from reamo.tuning.heads import fit_triple_head, triple_training_sentences
+
+    _fit_mnre_head(out, model, layer, weight_decay, limit, triple_training_sentences, fit_triple_head,
+                   TRIPLE_HEAD_NAME, "sentences", "reamo calibrate-triples")
 
 
 @app.command("eval")

@@ -240,19 +240,50 @@ def scores_relations(request: "PreparedRequest") -> bool:
     return "re" in request.tasks and not request.pairs
 
 
+def triple_decider(agent: "Agent") -> "DecisionHead | None":
+    """The head that decides full triples: the triple head (`reamo fit-triple-head`, fitted on every ordered pair of
+    a sentence's entities, as full extraction asks them) where the model has one, else its relation head (fitted
+    on annotated pairs in their annotated direction, as given pairs are asked)."""
+    triple_head = getattr(agent, "triple_head", None)
+    return triple_head if triple_head is not None else getattr(agent, "relation_head", None)
+
+
+def triple_items(agent: "Agent", request: "PreparedRequest", entities: Sequence[Entity], by_type: bool | None = None
+                 ) -> tuple[list[tuple[Entity, Entity]], list[tuple[int, Entity, Entity, list[str], ScoringItem]]]:
+    """The candidate pairs of `entities` (`pair_candidates`: text order) and, for each pair in each direction its
+    entity types allow a relation in, (pair index, head, tail, the relations asked, the item asking them): as the
+    agent asks full triples and as the triple head is fitted (`reamo.tuning.heads`). `by_type` (default: the
+    `relation_type_filter` setting) False asks every pair both ways about every relation (untyped entities)."""
+    settings = agent.settings
+    by_type = settings.relation_type_filter if by_type is None else by_type
+    types = list(request.labels.relation_types)
+    end = agent.model.tokenizer.eos_token or ""
+    candidates = pair_candidates(entities, types, settings.max_pairs, by_type)
+    out = []
+    for index, (first, second, _) in enumerate(candidates):
+        _, window = _window(request, first)
+        for head, tail in ((first, second), (second, first)):
+            relations = allowed_relations(types, head.type, tail.type) if by_type else types
+            if not relations:
+                continue
+            segment = question_segment(agent, request, window, ("re",), pairs=[(head.text, tail.text)])
+            out.append((index, head, tail, relations,
+                        segment_item(segment, relation_answers(head.text, relations, end), request.features)))
+    return [(first, second) for first, second, _ in candidates], out
+
+
 def decide_relations(agent: "Agent", batch: Sequence[tuple["PreparedRequest", Result]]) -> None:
-    """Full relation extraction by pair scoring: every pair of extracted entities in a window (`pair_candidates`) is
+    """Full relation extraction by pair scoring: every pair of extracted entities in a window (`triple_items`) is
     asked in both directions as a given pair; the best relation and direction wins when it beats that direction's
-    "None" by more than its margin: `triple_head_none_bias` where the agent's relation head decides the request
-    (it knows every requested relation), else `triple_none_bias` (rank classification). Symmetric relations are
+    "None" by more than its margin: `triple_head_none_bias` where the agent's triple decider (`triple_decider`)
+    knows every requested relation, else `triple_none_bias` (rank classification). Symmetric relations are
     written in text order. Replaces the relations the model wrote freely (a small model's free relations were
     mostly wrong: MNRE triples F1 10)."""
     settings = agent.settings
     if settings.triple_none_bias is None:
         return
-    decider = getattr(agent, "relation_head", None)
+    decider = triple_decider(agent)
     head_bias = settings.triple_head_none_bias
-    end = agent.model.tokenizer.eos_token or ""
     items: list[ScoringItem] = []
     owners: list[tuple[int, int, Entity, Entity, list[str]]] = []  # batch row, pair index, head, tail, relations
     by_head: list[bool] = []  # per request, so both directions of a pair are on one scale
@@ -260,20 +291,12 @@ def decide_relations(agent: "Agent", batch: Sequence[tuple["PreparedRequest", Re
     for row, (request, result) in enumerate(batch):
         if not scores_relations(request):
             continue
-        types = list(request.labels.relation_types)
-        use_head = head_decides(decider, head_bias, types)
-        candidates = pair_candidates(result.entities, types, settings.max_pairs, settings.relation_type_filter)
-        pairs_of[row] = [(first, second) for first, second, _ in candidates]
-        for index, (first, second, _) in enumerate(candidates):
-            _, window = _window(request, first)
-            for head, tail in ((first, second), (second, first)):
-                relations = allowed_relations(types, head.type, tail.type) if settings.relation_type_filter else types
-                if not relations:
-                    continue
-                segment = question_segment(agent, request, window, ("re",), pairs=[(head.text, tail.text)])
-                items.append(segment_item(segment, relation_answers(head.text, relations, end), request.features))
-                owners.append((row, index, head, tail, relations))
-                by_head.append(use_head)
+        use_head = head_decides(decider, head_bias, list(request.labels.relation_types))
+        pairs_of[row], asked = triple_items(agent, request, result.entities)
+        for index, head, tail, relations, item in asked:
+            items.append(item)
+            owners.append((row, index, head, tail, relations))
+            by_head.append(use_head)
     decided = decide_options(agent, items, [owner[4] for owner in owners], by_head, decider, head_bias,
                              settings.triple_none_bias)
     best: dict[tuple[int, int], tuple[float, float, Entity, str, Entity]] = {}

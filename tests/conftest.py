@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,18 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shared_data() -> Path:
     """The data folder; the test is skipped (or failed under REAMO_REQUIRE_DATA=1) without it."""
     return require_data()
+
+
+def constant_head(hidden: int, labels: list[str], logits: list[float], answer_start: str = "Events:") -> "Any":
+    """A decision head that ignores the LLM's state and gives `labels` ("None" first) the `logits`: which head
+    decides, with which margin, is then plain to see."""
+    import torch
+
+    from reamo.model.decision_heads import DecisionHead, DecisionHeadConfig
+
+    head = DecisionHead(DecisionHeadConfig(layer=1, labels=labels, hidden_size=hidden,
+                                           answer_start=answer_start)).eval()
+    with torch.no_grad():
+        head.classifier.weight.zero_()
+        head.classifier.bias.copy_(torch.tensor(logits))
+    return head

@@ -139,6 +139,28 @@ def test_embedded_default_types_triggers_with_its_head_and_invents_no_event() ->
     assert agent.extract(text=caption, tasks=("ner", "ee")).events == []
 
 
+def test_embedded_default_finds_full_triples_with_its_triple_head() -> None:
+    """Asked with MNRE's relation names (which the triple head was fitted on), the default's full triples are
+    decided by its triple head with the head's own calibrated margin; without that margin, by rank classification."""
+    from reamo.eval.runner import DATASETS
+
+    agent = Agent.from_pretrained("default", max_new_tokens=60)
+    assert agent.triple_head is not None and agent.settings.triple_head_none_bias is not None
+    text = "Lionel Messi signs for Inter Miami."
+    labels = DATASETS["mnre"].labels
+
+    def triples() -> dict[tuple[str, str, str], float]:
+        relations = agent.extract(text=text, tasks=("ner", "re"), labels=labels).relations
+        return {(r.head.text, r.type, r.tail.text): r.score for r in relations}
+
+    by_head = triples()
+    assert list(by_head) == [("Lionel Messi", "member_of", "Inter Miami")], by_head
+    assert by_head[("Lionel Messi", "member_of", "Inter Miami")] > agent.settings.triple_head_none_bias
+    agent.settings.triple_head_none_bias = None
+    by_ranking = triples()
+    assert list(by_ranking) == list(by_head) and by_ranking != by_head  # the same answer on another scale
+
+
 def test_given_entity_pairs_reach_the_prompt_and_bad_pairs_are_clear_errors(tiny_agent: Agent) -> None:
     request = tiny_agent.prepare(TEXT, None, None, None, ("re",), None, [("Rafael Nadal", "Mery Perello")])
     assert "Entity pairs: (Rafael Nadal; Mery Perello)" in request.prompt

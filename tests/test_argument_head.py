@@ -12,11 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import constant_head
+
 from reamo.agent import Agent, AgentSettings
 from reamo.candidates import TriggerLexicon
 from reamo.datasets import Example
 from reamo.model import ReamoConfig, ReamoModel
-from reamo.model.decision_heads import DecisionHead, DecisionHeadConfig
 from reamo.schema import Argument, Entity, Event, Labels, Mention, Result, TextSpan
 from reamo.tools.registry import ToolRegistry
 
@@ -39,16 +40,6 @@ def agent(tiny_llm_dir) -> Agent:
     trigger_head = constant_head(hidden, ["None", ARREST], [0.0, 5.0])  # every candidate an arrest, margin 5
     return Agent(model, registry=ToolRegistry(), trigger_lexicon=LEXICON, trigger_head=trigger_head,
                  settings=AgentSettings(few_shot=False, trigger_none_bias=1e9, trigger_head_none_bias=0.0))
-
-
-def constant_head(hidden: int, labels: list[str], logits: list[float]) -> DecisionHead:
-    """A head that ignores the state and gives `labels` the `logits`."""
-    head = DecisionHead(DecisionHeadConfig(layer=1, labels=labels, hidden_size=hidden,
-                                           answer_start="Events:")).eval()
-    with torch.no_grad():
-        head.classifier.weight.zero_()
-        head.classifier.bias.copy_(torch.tensor(logits))
-    return head
 
 
 def arguments(agent: Agent, labels: Labels = LABELS) -> list[tuple[str, str, float]]:

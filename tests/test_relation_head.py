@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import constant_head
+
 from reamo.agent import Agent, AgentSettings
 from reamo.datasets import Example
 from reamo.model import ReamoConfig, ReamoModel
-from reamo.model.decision_heads import DecisionHead, DecisionHeadConfig
+from reamo.model.decision_heads import DecisionHead
 from reamo.schema import Labels, Mention, Result, TextSpan
 from reamo.tools.registry import ToolRegistry
 
@@ -30,14 +32,9 @@ def agent(tiny_llm_dir) -> Agent:
     return Agent(model, registry=ToolRegistry(), settings=AgentSettings(few_shot=False, relation_type_filter=False))
 
 
-def constant_head(hidden: int, logits: list[float]) -> DecisionHead:
+def pair_head(hidden: int, logits: list[float]) -> DecisionHead:
     """A head that ignores the state: "None", "couple", "member_of" get `logits`."""
-    head = DecisionHead(DecisionHeadConfig(layer=1, labels=["None", *RELATIONS], hidden_size=hidden,
-                                           answer_start="Relations:")).eval()
-    with torch.no_grad():
-        head.classifier.weight.zero_()
-        head.classifier.bias.copy_(torch.tensor(logits))
-    return head
+    return constant_head(hidden, ["None", *RELATIONS], logits, "Relations:")
 
 
 def test_given_pairs_use_the_relation_head_where_it_knows_the_relations(agent: Agent) -> None:
@@ -45,7 +42,7 @@ def test_given_pairs_use_the_relation_head_where_it_knows_the_relations(agent: A
     try:
         # the ranking's threshold (1e9) would answer None; the head's own threshold (0) applies to the head
         agent.settings.pair_none_bias, agent.settings.pair_head_none_bias = 1e9, 0.0
-        agent.relation_head = constant_head(agent.model.llm.config.hidden_size, [0.0, -1.0, 5.0])
+        agent.relation_head = pair_head(agent.model.llm.config.hidden_size, [0.0, -1.0, 5.0])
         pair = ("Rafael Nadal", "Mery Perello")
         result = agent.extract(TEXT, tasks=("re",), labels=LABELS, pairs=[pair])
         assert [(r.head.text, r.type, r.tail.text) for r in result.relations] == [(*pair[:1], "member_of", pair[1])]
@@ -75,7 +72,7 @@ def test_full_triples_use_the_relation_head_with_its_own_margin(agent: Agent) ->
         agent.settings.triple_none_bias, agent.settings.triple_head_none_bias = 1e9, 0.0
         request = agent.prepare(TEXT, tasks=("ner", "re"), labels=LABELS)
         assert agent.finish(request, [RAW]).relations == []  # rank classification at 1e9: nothing
-        agent.relation_head = constant_head(agent.model.llm.config.hidden_size, [0.0, -1.0, 5.0])
+        agent.relation_head = pair_head(agent.model.llm.config.hidden_size, [0.0, -1.0, 5.0])
         relations = agent.finish(request, [RAW]).relations
         # every pair of the three entities, each once (the first direction wins the tie), as member_of with 5
         assert {(r.head.text, r.tail.text) for r in relations} == {

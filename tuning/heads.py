@@ -14,24 +14,38 @@ The argument head is fitted on the gold events of the same M2E2 sentences as the
 of the sentence is asked as an argument candidate of each gold event, exactly as the agent asks it
 (`reamo.decisions.argument_items`), labelled with the role it plays in that event or "None"; its margin is
 calibrated by `reamo calibrate-events`.
+
+The triple head is fitted on the MNRE train sentences outside the calibration slice, each with the entities its
+lines annotate: every candidate pair of them asked in both directions exactly as full extraction asks it
+(`reamo.decisions.triple_items`), labelled with the relation the sentence states from that head to that tail (or
+"None": unrelated pairs and the wrong direction, except for a symmetric relation); its margin is calibrated by
+`reamo calibrate-triples`. The relation head sees only annotated pairs in their annotated direction (what a given
+pair is), so it has never learnt to say "None" to a reversed or unrelated pair, which full extraction mostly asks.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from reamo.candidates import tag
-from reamo.datasets import M2E2_ENTITY_TYPES, M2E2_EVENT_TYPES, Example, mnre_calibration_held_out, read_mnre
-from reamo.decisions import argument_items, pair_items, trigger_items
+from reamo.datasets import (
+    M2E2_ENTITY_TYPES,
+    M2E2_EVENT_TYPES,
+    MNRE_ENTITY_TYPE,
+    Example,
+    mnre_calibration_held_out,
+    read_mnre,
+)
+from reamo.decisions import argument_items, pair_items, trigger_items, triple_items
 from reamo.model.decision_heads import NO_LABEL, DecisionHead, DecisionHeadConfig
-from reamo.ontology import event_roles
-from reamo.schema import Event, Labels
+from reamo.ontology import event_roles, is_symmetric
+from reamo.schema import Entity, Event, Labels, Result
 
 if TYPE_CHECKING:
     from reamo.agent import Agent
@@ -47,6 +61,9 @@ DEFAULT_RELATION_WEIGHT_DECAY = 0.03  # with layer 28, the lowest held-out log-l
 ARGUMENT_ANSWER_START = "Events:"
 DEFAULT_ARGUMENT_LAYER = 24  # the trigger head's layer; 5-fold cross-validation over layers 12-30 kept it (model card)
 DEFAULT_ARGUMENT_WEIGHT_DECAY = 0.03  # lowest log-loss on the calibration slice of 0.01/0.03/0.1 (0.01 level in CV)
+TRIPLE_ANSWER_START = "Relations:"
+DEFAULT_TRIPLE_LAYER = 28  # the relation head's layer (the same question, asked about other pairs)
+DEFAULT_TRIPLE_WEIGHT_DECAY = 0.03  # best triple F1 of 0.01/0.03/0.1 on the calibration slice (model card)
 
 
 def trigger_states(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str], layer: int,
@@ -194,6 +211,93 @@ def fit_relation_head(agent: "Agent", examples: Sequence[Example], relation_type
     head = fit_head(states, targets, types, layer, weight_decay, RELATION_ANSWER_START, source,
                     f"pairs with a relation and pairs without, from {len(examples)} MNRE pairs")
     logger.info("relation head fitted on %d pairs (%d related), layer %d", len(targets), head.config.n_positive, layer)
+    return head
+
+
+def annotated_sentences(lines: Iterable[Example]) -> list[Example]:
+    """MNRE lines (one entity pair each) as one example per sentence (and image) with the union of its lines'
+    entities and relations: every pair of a sentence's annotated entities, related or not."""
+    from reamo.eval.runner import given_pair
+
+    sentences: dict[tuple[str, str | None], Example] = {}
+    for line in lines:
+        key = (line.text, line.image)
+        if key not in sentences:
+            sentences[key] = line.model_copy(update={"gold": Result(text=line.text, tasks=["re"])}, deep=True)
+        gold = sentences[key].gold
+        for mention in given_pair(line) or ():
+            if all(_span(mention) != _span(entity) for entity in gold.entities):
+                gold.entities.append(Entity(text=mention.text, type=MNRE_ENTITY_TYPE, span=mention.span))
+        for relation in line.gold.relations:
+            if all(relation.model_dump() != known.model_dump() for known in gold.relations):
+                gold.relations.append(relation)
+    return list(sentences.values())
+
+
+def triple_training_sentences(limit: int | None = None, seed: int = 0) -> list[Example]:
+    """MNRE train sentences outside the calibration slice (`annotated_sentences`): all 6,621, or a seeded sample of
+    `limit`."""
+    pool = annotated_sentences(e for e in read_mnre("train") if not mnre_calibration_held_out(e))
+    if limit is None or limit >= len(pool):
+        return pool
+    return random.Random(seed).sample(pool, limit)
+
+
+def triple_states(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str], layer: int,
+                  aliases: dict[str, str] | None = None, batch_size: int = 16
+                  ) -> tuple[torch.Tensor, list[str | None]]:
+    """The hidden state at the answer start of every ordered candidate pair of each sentence's entities, asked as
+    full extraction asks it (`triple_items`, offering `relation_types`), and the relation among `relation_types`
+    the sentence states from that head to that tail (None when none; a symmetric relation holds both ways;
+    `aliases` maps an offered name to the dataset's label). Pairs are matched by entity text, since the question
+    names them by text. MNRE entities have no type, so every pair is asked both ways about every relation; the
+    state read does not depend on which relations are offered, and the agent restricts the head's softmax to those
+    the extracted types allow."""
+    from reamo.eval.runner import DATASETS
+
+    spec = DATASETS["mnre"]
+    name_of = {aliases.get(name, name) if aliases else name: name for name in relation_types}
+    labels = spec.labels.model_copy(update={"relation_types": list(relation_types)})
+    states: list[torch.Tensor] = []
+    targets: list[str | None] = []
+    for start in tqdm(range(0, len(examples), batch_size), desc="triple head states", disable=None):
+        items = []
+        for example in examples[start:start + batch_size]:
+            stated: dict[tuple[str, str], str] = {}
+            for relation in example.gold.relations:
+                name = name_of.get(relation.type)
+                if name is None:
+                    continue
+                head, tail = relation.head.text.casefold(), relation.tail.text.casefold()
+                stated[(head, tail)] = name
+                if is_symmetric(name):
+                    stated.setdefault((tail, head), name)
+            request = agent.prepare(example.text, tasks=("ner", "re"), labels=labels)
+            _, asked = triple_items(agent, request, example.gold.entities, by_type=False)
+            for _, head, tail, _, item in asked:
+                target = stated.get((head.text.casefold(), tail.text.casefold()))
+                items.append(item.model_copy(update={"continuations": [TRIPLE_ANSWER_START]}))
+                targets.append(target)
+        if items:
+            states.append(agent.model.answer_start_states(items, layer))
+    hidden = agent.model.llm.config.get_text_config().hidden_size
+    return (torch.cat(states) if states else torch.zeros(0, hidden)), targets
+
+
+def fit_triple_head(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str] | None = None,
+                    layer: int = DEFAULT_TRIPLE_LAYER, weight_decay: float = DEFAULT_TRIPLE_WEIGHT_DECAY,
+                    source: str = "") -> DecisionHead:
+    """A triple head for `agent`'s model, fitted on the ordered entity pairs of the MNRE sentences `examples`
+    (see `triple_states`); its labels are MNRE's relation names as `reamo eval mnre:val --triples` asks them."""
+    from reamo.eval.runner import DATASETS
+
+    spec = DATASETS["mnre"]
+    types = list(relation_types or spec.labels.relation_types)
+    states, targets = triple_states(agent, examples, types, layer, spec.relation_aliases)
+    head = fit_head(states, targets, types, layer, weight_decay, TRIPLE_ANSWER_START, source,
+                    f"entity pairs a sentence relates and pairs it does not, from {len(examples)} MNRE sentences")
+    logger.info("triple head fitted on %d ordered pairs (%d related) of %d sentences, layer %d", len(targets),
+                head.config.n_positive, len(examples), layer)
     return head
 
 

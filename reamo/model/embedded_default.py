@@ -50,6 +50,7 @@ SHIPPED_LEXICON = SHIPPED_ADAPTER.parent / LEXICON_NAME
 TRIGGER_HEAD_NAME = "trigger_head"  # trigger_head.safetensors + trigger_head.json (`reamo fit-trigger-head`)
 RELATION_HEAD_NAME = "relation_head"  # relation_head.safetensors + relation_head.json (`reamo fit-relation-head`)
 ARGUMENT_HEAD_NAME = "argument_head"  # argument_head.safetensors + argument_head.json (`reamo fit-argument-head`)
+TRIPLE_HEAD_NAME = "triple_head"  # triple_head.safetensors + triple_head.json (`reamo fit-triple-head`)
 SHIPPED_HEADS = SHIPPED_ADAPTER.parent
 
 
