@@ -17,7 +17,7 @@ from reamo.agent import Agent, AgentSettings
 from reamo.datasets import Example
 from reamo.model import ReamoConfig, ReamoModel
 from reamo.model.decision_heads import DecisionHead
-from reamo.schema import Labels, Mention, Result, TextSpan
+from reamo.schema import Labels, Result
 from reamo.tools.registry import ToolRegistry
 
 TEXT = "Rafael Nadal met Mery Perello in Paris."

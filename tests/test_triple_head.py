@@ -13,31 +13,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import constant_head
+from test_relation_head import (  # the same sentence, tiny agent fixture and fixed-logit heads
+    LABELS,
+    RAW,
+    RELATIONS,
+    TEXT,
+    agent,  # noqa: F401 - a fixture
+    pair_head,
+)
 
 from reamo.agent import Agent, AgentSettings
 from reamo.datasets import Example
 from reamo.model import ReamoConfig, ReamoModel
-from reamo.model.decision_heads import DecisionHead
-from reamo.schema import Labels, Mention, Relation, Result
-from reamo.tools.registry import ToolRegistry
+from reamo.schema import Mention, Relation, Result
 
-TEXT = "Rafael Nadal met Mery Perello in Paris."
-RAW = "Entities: (Rafael Nadal, PER)(Mery Perello, PER)(Paris, LOC)"
-RELATIONS = ["couple", "member_of"]
-LABELS = Labels(entity_types=["PER", "LOC"], relation_types=RELATIONS)
 ALIASES = {"couple": "/per/per/couple", "member_of": "/per/org/member_of"}
-
-
-@pytest.fixture(scope="module")
-def agent(tiny_llm_dir) -> Agent:
-    model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir)))
-    return Agent(model, registry=ToolRegistry(), settings=AgentSettings(few_shot=False, relation_type_filter=False))
-
-
-def pair_head(hidden: int, logits: list[float]) -> DecisionHead:
-    """A head that ignores the state: "None", "couple", "member_of" get `logits`."""
-    return constant_head(hidden, ["None", *RELATIONS], logits, "Relations:")
 
 
 def triples(agent: Agent) -> set[tuple[str, str, str, float]]:
