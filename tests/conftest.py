@@ -123,3 +123,21 @@ def constant_head(hidden: int, labels: list[str], logits: list[float], answer_st
         head.classifier.weight.zero_()
         head.classifier.bias.copy_(torch.tensor(logits))
     return head
+
+
+@pytest.fixture
+def tiny_model_folder(tmp_path: Path, tiny_llm_dir: Path) -> Path:
+    """A saved text-only tiny model folder: what `reamo fit-*-head F --model F` fits a head for and writes it into."""
+    from reamo.model import ReamoConfig, ReamoModel
+
+    return ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[])).save_pretrained(
+        tmp_path / "tuned")
+
+
+def run_cli(*args: str) -> "Any":
+    """`reamo ARGS` in-process (typer's CliRunner): its exit code and output."""
+    from typer.testing import CliRunner
+
+    from reamo.cli import app
+
+    return CliRunner().invoke(app, list(args))

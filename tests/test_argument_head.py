@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import constant_head
+from conftest import constant_head, run_cli
 
 from reamo.agent import Agent, AgentSettings
 from reamo.candidates import TriggerLexicon
@@ -153,18 +153,12 @@ def test_event_calibration_with_an_argument_head_compares_it_on_the_same_events(
             assert AgentSettings(**read_settings(out)).argument_head_none_bias is None
 
 
-def test_fit_argument_head_command_writes_a_head_the_model_folder_loads(tmp_path: Path, tiny_llm_dir) -> None:
-    from typer.testing import CliRunner
-
-    from reamo.cli import app
-
-    folder = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[])).save_pretrained(
-        tmp_path / "tuned")
-    refused = CliRunner().invoke(app, ["fit-argument-head", str(folder), "--model", str(folder), "--layer", "99"])
+def test_fit_argument_head_command_writes_a_head_the_model_folder_loads(tiny_model_folder: Path) -> None:
+    folder = tiny_model_folder
+    refused = run_cli("fit-argument-head", str(folder), "--model", str(folder), "--layer", "99")
     assert refused.exit_code == 2 and "--layer 99" in refused.output
     assert not (folder / "argument_head.safetensors").exists()
-    done = CliRunner().invoke(app, ["fit-argument-head", str(folder), "--model", str(folder), "--layer", "1",
-                                    "--limit", "30"])
+    done = run_cli("fit-argument-head", str(folder), "--model", str(folder), "--layer", "1", "--limit", "30")
     assert done.exit_code == 0, done.output
     head = Agent.from_pretrained(str(folder)).argument_head
     assert head is not None and head.config.layer == 1 and head.config.labels[0] == "None"

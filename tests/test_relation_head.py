@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import constant_head
+from conftest import constant_head, run_cli
 
 from reamo.agent import Agent, AgentSettings
 from reamo.datasets import Example
@@ -185,21 +185,14 @@ def test_a_head_worse_than_the_ranking_on_the_held_out_slice_is_not_used(tmp_pat
     assert AgentSettings(**read_settings(out)).triple_head_none_bias is None
 
 
-def test_fit_relation_head_command_writes_a_head_the_model_folder_loads(tmp_path: Path, tiny_llm_dir) -> None:
+def test_fit_relation_head_command_writes_a_head_the_model_folder_loads(tiny_model_folder: Path) -> None:
+    folder = tiny_model_folder
     """`reamo fit-relation-head F --model F`: the head lands beside the model and travels with it; a --layer the
     model lacks is refused before any work."""
-    from typer.testing import CliRunner
-
-    from reamo.cli import app
-    from reamo.model import ReamoConfig
-
-    folder = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[])).save_pretrained(
-        tmp_path / "tuned")
-    refused = CliRunner().invoke(app, ["fit-relation-head", str(folder), "--model", str(folder), "--layer", "99"])
+    refused = run_cli("fit-relation-head", str(folder), "--model", str(folder), "--layer", "99")
     assert refused.exit_code == 2 and "--layer 99" in refused.output
     assert not (folder / "relation_head.safetensors").exists()
-    done = CliRunner().invoke(app, ["fit-relation-head", str(folder), "--model", str(folder), "--layer", "1",
-                                    "--limit", "20"])
+    done = run_cli("fit-relation-head", str(folder), "--model", str(folder), "--layer", "1", "--limit", "20")
     assert done.exit_code == 0, done.output
     head = Agent.from_pretrained(str(folder)).relation_head
     assert head is not None and head.config.layer == 1 and head.config.n_examples == 20

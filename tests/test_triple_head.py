@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import run_cli
 from test_relation_head import (  # the same sentence, tiny agent fixture and fixed-logit heads
     LABELS,
     RAW,
@@ -24,7 +25,6 @@ from test_relation_head import (  # the same sentence, tiny agent fixture and fi
 
 from reamo.agent import Agent, AgentSettings
 from reamo.datasets import Example
-from reamo.model import ReamoConfig, ReamoModel
 from reamo.schema import Mention, Relation, Result
 
 ALIASES = {"couple": "/per/per/couple", "member_of": "/per/org/member_of"}
@@ -32,7 +32,8 @@ ALIASES = {"couple": "/per/per/couple", "member_of": "/per/org/member_of"}
 
 def triples(agent: Agent) -> set[tuple[str, str, str, float]]:
     request = agent.prepare(TEXT, tasks=("ner", "re"), labels=LABELS)
-    return {(r.head.text, r.type, r.tail.text, round(r.score or 0.0, 3)) for r in agent.finish(request, [RAW]).relations}
+    relations = agent.finish(request, [RAW]).relations
+    return {(r.head.text, r.type, r.tail.text, round(r.score or 0.0, 3)) for r in relations}
 
 
 def test_full_triples_use_the_triple_head_before_the_relation_head(agent: Agent) -> None:
@@ -42,7 +43,8 @@ def test_full_triples_use_the_triple_head_before_the_relation_head(agent: Agent)
         agent.settings.triple_none_bias, agent.settings.triple_head_none_bias = 1e9, 0.0
         agent.relation_head = pair_head(hidden, [0.0, -1.0, 5.0])  # member_of by 5
         assert triples(agent) == {("Rafael Nadal", "member_of", "Mery Perello", 5.0),  # without a triple head
-                                  ("Rafael Nadal", "member_of", "Paris", 5.0), ("Mery Perello", "member_of", "Paris", 5.0)}
+                                  ("Rafael Nadal", "member_of", "Paris", 5.0),
+                                  ("Mery Perello", "member_of", "Paris", 5.0)}
         agent.triple_head = pair_head(hidden, [0.0, 3.0, -2.0])  # couple by 3: it decides, not the relation head
         assert triples(agent) == {("Rafael Nadal", "couple", "Mery Perello", 3.0),
                                   ("Rafael Nadal", "couple", "Paris", 3.0), ("Mery Perello", "couple", "Paris", 3.0)}
@@ -136,16 +138,10 @@ def test_triple_calibration_compares_the_triple_head_and_puts_both_heads_back(
     assert written["_about"]["triple_head_calibration"] == result["triple_head"].model_dump(mode="json")
 
 
-def test_fit_triple_head_command_writes_a_head_the_model_folder_loads(tmp_path: Path, tiny_llm_dir) -> None:
+def test_fit_triple_head_command_writes_a_head_the_model_folder_loads(tiny_model_folder: Path) -> None:
+    folder = tiny_model_folder
     """`reamo fit-triple-head F --model F --limit 20`: the head lands beside the model and loads with it."""
-    from typer.testing import CliRunner
-
-    from reamo.cli import app
-
-    folder = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[])).save_pretrained(
-        tmp_path / "tuned")
-    done = CliRunner().invoke(app, ["fit-triple-head", str(folder), "--model", str(folder), "--layer", "1",
-                                    "--limit", "20"])
+    done = run_cli("fit-triple-head", str(folder), "--model", str(folder), "--layer", "1", "--limit", "20")
     assert done.exit_code == 0, done.output
     loaded = Agent.from_pretrained(str(folder))
     head = loaded.triple_head
