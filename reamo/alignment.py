@@ -29,24 +29,32 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
 
 
+def _whole_words(text: str, start: int, end: int) -> bool:
+    """Whether text[start:end] neither starts nor ends inside a word: "Jerami" in "@ WithrowJerami Hey Jerami" is
+    the second one, "BU" is not the middle of "SBU" (tweets glue names into handles and hashtags)."""
+    starts_clean = start == 0 or not (text[start - 1].isalnum() and text[start].isalnum())
+    ends_clean = end == len(text) or not (text[end - 1].isalnum() and text[end].isalnum())
+    return starts_clean and ends_clean
+
+
 def find_span(text: str, needle: str, taken: set[tuple[int, int]] | None = None) -> TextSpan | None:
-    """First occurrence of `needle` in `text` (exact, then case/space-insensitive) not already in `taken`."""
+    """Where `needle` occurs in `text`, exactly or up to case and spacing: the first whole-word occurrence not
+    already in `taken` preferred, then a whole-word one taken (a repeated mention), then one inside a word; the exact
+    one first at each step ("Chile" is "# chile", not the start of "Chilean")."""
     if not needle or not text:
         return None
     taken = taken or set()
-    candidates: list[tuple[int, int]] = []
+    exact: set[tuple[int, int]] = set()
     start = text.find(needle)
     while start >= 0:
-        candidates.append((start, start + len(needle)))
+        exact.add((start, start + len(needle)))
         start = text.find(needle, start + 1)
-    if not candidates:
-        words = [re.escape(w) for w in needle.split()]
-        pattern = re.compile(r"\s+".join(words), re.IGNORECASE)
-        candidates = [(m.start(), m.end()) for m in pattern.finditer(text)]
+    words = [re.escape(w) for w in needle.split()]
+    loose = {(m.start(), m.end()) for m in re.finditer(r"\s+".join(words), text, re.IGNORECASE)} if words else set()
+    candidates = exact | loose
     if not candidates:
         return None
-    free = [c for c in candidates if c not in taken]
-    start, end = (free or candidates)[0]
+    start, end = min(candidates, key=lambda c: (not _whole_words(text, *c), c in taken, c not in exact, c))
     return TextSpan(start=start, end=end)
 
 

@@ -481,7 +481,7 @@ def fit_triple_head_command(
     out: Path = _head_out("triple_head"),
     model: str = _CALIBRATED_MODEL,
     layer: int = _head_layer(28),
-    weight_decay: float = _head_weight_decay(0.03),
+    weight_decay: float = _head_weight_decay(0.003),
     limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only a seeded sample of N MNRE train "
                                         "sentences (default: every sentence outside the calibration slice, 6,621)."),
 ) -> None:
