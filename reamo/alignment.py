@@ -49,6 +49,10 @@ def find_span(text: str, needle: str, taken: set[tuple[int, int]] | None = None)
     while start >= 0:
         exact.add((start, start + len(needle)))
         start = text.find(needle, start + 1)
+    free_whole = [c for c in exact if c not in taken and _whole_words(text, *c)]
+    if free_whole:  # the best rank there is, so the case-insensitive search (the costly part) is not needed
+        start, end = min(free_whole)
+        return TextSpan(start=start, end=end)
     words = [re.escape(w) for w in needle.split()]
     loose = {(m.start(), m.end()) for m in re.finditer(r"\s+".join(words), text, re.IGNORECASE)} if words else set()
     candidates = exact | loose
