@@ -482,15 +482,30 @@ class ScoredEventSentence(BaseModel):
     n_arguments: int
 
 
-def score_event_decisions(agent: Any, examples: Sequence[Example], batch_size: int = 16
-                          ) -> list[ScoredEventSentence]:
-    """Every trigger candidate of every sentence with its best event type, margin and arguments (no threshold)."""
+def score_event_decisions(agent: Any, examples: Sequence[Example], batch_size: int = 16,
+                          written: dict[int, list[str]] | None = None) -> list[ScoredEventSentence]:
+    """Every trigger candidate of every sentence with its best event type, margin and arguments (no threshold).
+    `written` (sentence index -> what the model wrote for it, one text per window) is filled where a sentence is
+    missing and read where it is there: calibration passes differ only in how they decide, so the LLM writes
+    each held-out sentence once for all of them."""
+    from reamo.pipeline import finish_steps, generate_segments
+
     spec = DATASETS["m2e2"]
+    written = {} if written is None else written
     sentences: list[ScoredEventSentence] = []
     for start in tqdm(range(0, len(examples), batch_size), desc="calibrating events", disable=None):
         chunk = examples[start:start + batch_size]
-        for example, result in zip(chunk, agent.extract_batch([e.text for e in chunk], spec.tasks, spec.labels),
-                                   strict=True):
+        requests = [agent.prepare(e.text, tasks=spec.tasks, labels=spec.labels) for e in chunk]
+        missing = [k for k in range(len(chunk)) if start + k not in written]
+        jobs = [(requests[k], segment) for k in missing for segment in requests[k].segments]
+        owners = [start + k for k in missing for _ in requests[k].segments]
+        for index, raw in zip(owners, generate_segments(agent, jobs) if jobs else [], strict=True):
+            if not isinstance(raw, str):
+                raise raw
+            written.setdefault(index, []).append(raw)
+        steps = finish_steps(agent, requests, {k: written[start + k] for k in range(len(chunk))}, [None] * len(chunk))
+        results = [step for step in steps if isinstance(step, list)][-1]
+        for example, result in zip(chunk, results, strict=True):
             triggers = {(_span(e.trigger), e.type) for e in example.gold.events}
             arguments = {(_span(a.entity), a.role, e.type) for e in example.gold.events for a in e.arguments}
             scored = []
@@ -506,11 +521,12 @@ def _span(mention: Any) -> Any:
     return (mention.span.start, mention.span.end) if mention.span else mention.text
 
 
-def _event_thresholds(agent: Any, examples: Sequence[Example], trigger_head: Any, argument_head: Any
-                      ) -> tuple[ThresholdCalibration, ThresholdCalibration]:
+def _event_thresholds(agent: Any, examples: Sequence[Example], trigger_head: Any, argument_head: Any,
+                      written: dict[int, list[str]] | None = None) -> tuple[ThresholdCalibration, ThresholdCalibration]:
     """The trigger margin with the best held-out trigger F1, then the role margin with the best argument F1 among
     the events that trigger margin keeps, with triggers decided by `trigger_head` and roles by `argument_head` for
-    this pass (None: by rank classification); the agent's own heads are put back."""
+    this pass (None: by rank classification); the agent's own heads are put back. `written`: the model's outputs
+    shared by the passes (`score_event_decisions`)."""
     heads = getattr(agent, "trigger_head", None), getattr(agent, "argument_head", None)
     agent.trigger_head, agent.argument_head = trigger_head, argument_head
     agent.settings.trigger_none_bias = -1e9  # every candidate's best type and every entity's best role, with margins
@@ -518,7 +534,7 @@ def _event_thresholds(agent: Any, examples: Sequence[Example], trigger_head: Any
     agent.settings.argument_none_bias = -1e9
     agent.settings.argument_head_none_bias = -1e9 if argument_head is not None else None
     try:
-        sentences = score_event_decisions(agent, examples)
+        sentences = score_event_decisions(agent, examples, written=written)
     finally:
         agent.trigger_head, agent.argument_head = heads
     trigger_sentences = [([(m, c) for m, c, _ in s.triggers], s.n_triggers) for s in sentences]
@@ -548,13 +564,14 @@ def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLi
     trigger_head, argument_head = getattr(agent, "trigger_head", None), getattr(agent, "argument_head", None)
     names = _recipe_names(recipes)
     passes: dict[tuple[bool, bool], tuple[ThresholdCalibration, ThresholdCalibration]] = {}
+    written: dict[int, list[str]] = {}  # what the model writes does not depend on how it decides: once for all passes
 
     def thresholds(by_trigger_head: bool, by_argument_head: bool
                    ) -> tuple[ThresholdCalibration, ThresholdCalibration]:
         if (by_trigger_head, by_argument_head) not in passes:
             passes[(by_trigger_head, by_argument_head)] = _event_thresholds(
                 agent, examples, trigger_head if by_trigger_head else None,
-                argument_head if by_argument_head else None)
+                argument_head if by_argument_head else None, written)
         return passes[(by_trigger_head, by_argument_head)]
 
     results: dict[str, ThresholdCalibration] = {}

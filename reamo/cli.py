@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from reamo import __version__
+from reamo import __version__, head_defaults
 from reamo.errors import ReamoError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grounded multimodal information extraction.")
@@ -410,8 +410,8 @@ def _fit_m2e2_head(out: Path, model: str, layer: int, weight_decay: float, limit
 def fit_trigger_head_command(
     out: Path = _head_out("trigger_head"),
     model: str = _CALIBRATED_MODEL,
-    layer: int = _head_layer(24),
-    weight_decay: float = _head_weight_decay(0.01),
+    layer: int = _head_layer(head_defaults.DEFAULT_TRIGGER_LAYER),
+    weight_decay: float = _head_weight_decay(head_defaults.DEFAULT_WEIGHT_DECAY),
     limit: Optional[int] = _M2E2_HEAD_LIMIT,
 ) -> None:
     """Fit the trigger head (event type of a trigger candidate read from the LLM's hidden state) on the M2E2 train
@@ -445,8 +445,8 @@ def _fit_mnre_head(out: Path, model: str, layer: int, weight_decay: float, limit
 def fit_relation_head_command(
     out: Path = _head_out("relation_head"),
     model: str = _CALIBRATED_MODEL,
-    layer: int = _head_layer(28),
-    weight_decay: float = _head_weight_decay(0.03),
+    layer: int = _head_layer(head_defaults.DEFAULT_RELATION_LAYER),
+    weight_decay: float = _head_weight_decay(head_defaults.DEFAULT_RELATION_WEIGHT_DECAY),
     limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only a seeded sample of N MNRE train pairs "
                                         "(default: every pair outside the calibration slice, 11,061)."),
 ) -> None:
@@ -463,8 +463,8 @@ def fit_relation_head_command(
 def fit_argument_head_command(
     out: Path = _head_out("argument_head"),
     model: str = _CALIBRATED_MODEL,
-    layer: int = _head_layer(24),
-    weight_decay: float = _head_weight_decay(0.03),
+    layer: int = _head_layer(head_defaults.DEFAULT_ARGUMENT_LAYER),
+    weight_decay: float = _head_weight_decay(head_defaults.DEFAULT_ARGUMENT_WEIGHT_DECAY),
     limit: Optional[int] = _M2E2_HEAD_LIMIT,
 ) -> None:
     """Fit the argument head (role of an argument candidate in an event, read from the LLM's hidden state) on the
@@ -480,8 +480,8 @@ def fit_argument_head_command(
 def fit_triple_head_command(
     out: Path = _head_out("triple_head"),
     model: str = _CALIBRATED_MODEL,
-    layer: int = _head_layer(28),
-    weight_decay: float = _head_weight_decay(0.003),
+    layer: int = _head_layer(head_defaults.DEFAULT_TRIPLE_LAYER),
+    weight_decay: float = _head_weight_decay(head_defaults.DEFAULT_TRIPLE_WEIGHT_DECAY),
     limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only a seeded sample of N MNRE train "
                                         "sentences (default: every sentence outside the calibration slice, 6,621)."),
 ) -> None:

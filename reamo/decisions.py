@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from reamo.candidates import TaggedWord, TriggerLexicon, pair_candidates
 from reamo.model.shared_prefix import ScoringItem
-from reamo.ontology import allowed_relations, event_roles, is_symmetric
+from reamo.ontology import allowed_relations, event_roles, fitting_roles, is_symmetric
 from reamo.prompting import Question, argument_question, build_messages, trigger_question
 from reamo.protocol import format_event, format_event_start, format_relation, format_relation_start
 from reamo.schema import Argument, Entity, Event, Mention, Problem, Relation, Result, Task, TextSpan
@@ -392,8 +392,9 @@ def argument_answers(event: Event, roles: Sequence[str], mention: str, end: str)
 def argument_items(agent: "Agent", request: "PreparedRequest", event: Event, entities: Sequence[Entity]
                    ) -> list[tuple[Entity, list[str], ScoringItem]]:
     """Each argument candidate of `event` among `entities` (those of its window, except one holding the trigger)
-    with the roles it is asked about and the item asking it, as the agent asks and as the argument head is fitted
-    (`reamo.tuning.heads`)."""
+    with the roles it is answered among and the item asking it, as the agent asks and as the argument head is
+    fitted (`reamo.tuning.heads`). The question names every role of the event type; the answers are only the roles
+    an entity of its type can fill (`fitting_roles`), and an entity that can fill none is not asked."""
     roles = event_roles(event.type, request.labels.event_roles)
     if not roles:
         return []
@@ -404,10 +405,13 @@ def argument_items(agent: "Agent", request: "PreparedRequest", event: Event, ent
         if entity.window != event.window or (entity.span and event.trigger.span
                                              and entity.span.start <= event.trigger.span.start < entity.span.end):
             continue
+        fitting = fitting_roles(event.type, entity.type, request.labels.event_roles)
+        if not fitting:
+            continue
         question = argument_question(event.type, event.trigger.text, roles, entity.text)
         segment = question_segment(agent, request, window, ("ee",), question=question)
-        out.append((entity, roles, segment_item(segment, argument_answers(event, roles, entity.text, end),
-                                                request.features)))
+        out.append((entity, fitting, segment_item(segment, argument_answers(event, fitting, entity.text, end),
+                                                  request.features)))
     return out
 
 

@@ -47,6 +47,26 @@ ACE_EVENT_ROLES: dict[str, list[str]] = {
     "Justice:Appeal": ["Plaintiff", "Adjudicator", "Place"],
 }
 
+# The entity types each ACE role's argument can have (ACE 2005 English Events Guidelines, with GPE/LOC targets of
+# attacks and ORG artifacts as M2E2's train annotations have them: every M2E2 train argument fits this table).
+# Roles not listed (Position, Crime, ...) take values, not entities: any type may be asked.
+ACE_ENTITY_KINDS = frozenset({"PER", "ORG", "GPE", "LOC", "FAC", "VEH", "WEA", "VALUE"})
+_ACTORS = frozenset({"PER", "ORG", "GPE"})
+_PLACES = frozenset({"GPE", "LOC", "FAC"})
+ACE_ROLE_ENTITY_TYPES: dict[str, frozenset[str]] = {
+    **dict.fromkeys(["Agent", "Attacker", "Giver", "Recipient", "Beneficiary", "Buyer", "Seller", "Entity",
+                     "Prosecutor", "Plaintiff", "Adjudicator", "Defendant"], _ACTORS),
+    **dict.fromkeys(["Place", "Origin", "Destination"], _PLACES),
+    "Person": frozenset({"PER"}),
+    "Victim": frozenset({"PER"}),
+    "Police": frozenset({"PER", "ORG"}),
+    "Org": frozenset({"ORG"}),
+    "Target": frozenset({"PER", "ORG", "GPE", "LOC", "FAC", "VEH", "WEA"}),
+    "Artifact": frozenset({"PER", "ORG", "FAC", "VEH", "WEA"}),
+    "Instrument": frozenset({"WEA", "VEH"}),
+    "Vehicle": frozenset({"VEH"}),
+}
+
 # The entity-type letters of MNRE's relation labels (`/per/org/member_of`) in the GMNER entity types.
 MNRE_TYPE_LETTERS: dict[str, str] = {"per": "PER", "org": "ORG", "loc": "LOC", "misc": "OTHER"}
 # Relations that hold in both directions: one triple per unordered pair, written in text order (MNRE's gold
@@ -62,6 +82,19 @@ def event_roles(event_type: str, given: dict[str, list[str]] | None = None) -> l
             if name.casefold() == event_type.casefold():
                 return list(roles)
     return []
+
+
+def fitting_roles(event_type: str, entity_type: str | None, given: dict[str, list[str]] | None = None
+                   ) -> list[str]:
+    """The roles of `event_type` (`event_roles`) an entity of `entity_type` can fill: for ACE's own roles, those
+    whose argument types (`ACE_ROLE_ENTITY_TYPES`) include it ("Baghdad" is never an attack's Attacker or a
+    death's Victim); a caller's roles, or an entity type outside ACE's (a caller's own), are not narrowed."""
+    roles = event_roles(event_type, given)
+    kind = (entity_type or "").split(":")[0].strip().upper()
+    caller_roles = any(name.casefold() == event_type.casefold() for name in (given or {}))
+    if caller_roles or kind not in ACE_ENTITY_KINDS:
+        return roles
+    return [role for role in roles if kind in ACE_ROLE_ENTITY_TYPES.get(role, ACE_ENTITY_KINDS)]
 
 
 def relation_signatures(relation_types: Sequence[str]) -> dict[str, tuple[str, str] | None]:

@@ -51,14 +51,16 @@ def arguments(agent: Agent, labels: Labels = LABELS) -> list[tuple[str, str, flo
 def test_argument_roles_use_the_argument_head_where_it_knows_the_roles(agent: Agent) -> None:
     old = agent.settings.model_copy(), agent.argument_head
     try:
-        # Attacker would win over all (10) but Arrest-Jail has no such role: among None and its roles, Agent by 4
+        # Attacker would win over all (10) but Arrest-Jail has no such role: among None and its roles, Agent by 4;
+        # a place (LOC) can only be the Place (-2), which does not beat None
         agent.argument_head = constant_head(agent.model.llm.config.hidden_size, ["None", *ROLES],
                                             [0.0, 1.0, 4.0, -2.0, 10.0])
         agent.settings.argument_none_bias, agent.settings.argument_head_none_bias = 1e9, 0.0
         found = arguments(agent)
-        assert [(text, role) for text, role, _ in found] == [("Police", "Agent"), ("Rafael Nadal", "Agent"),
-                                                           ("Paris", "Agent")]
+        assert [(text, role) for text, role, _ in found] == [("Police", "Agent"), ("Rafael Nadal", "Agent")]
         assert all(score == pytest.approx(4.0, abs=1e-4) for _, _, score in found)
+        agent.settings.argument_head_none_bias = -2.5
+        assert arguments(agent)[2][:2] == ("Paris", "Place")
         agent.settings.argument_head_none_bias = 4.5  # the head's own threshold
         assert arguments(agent) == []
         # no calibrated head margin, or roles of the caller's the head never saw: rank classification decides
@@ -120,7 +122,7 @@ def test_event_calibration_with_an_argument_head_compares_it_on_the_same_events(
     seen = []
     right_first, wrong_first = [(2.0, True), (1.0, False)], [(2.0, False), (1.0, True)]  # which has the higher margin
 
-    def score(agent, examples):
+    def score(agent, examples, written=None):
         by_trigger_head, by_argument_head = agent.trigger_head is not None, agent.argument_head is not None
         seen.append((by_trigger_head, by_argument_head, agent.settings.argument_head_none_bias))
         trigger = (3.0, True) if by_trigger_head else (-1.0, True)
@@ -151,6 +153,31 @@ def test_event_calibration_with_an_argument_head_compares_it_on_the_same_events(
             assert written["argument_head_none_bias"] is None and 1.0 <= written["argument_none_bias"] < 2.0
             assert "not used" in written["_about"]["argument_head_none_bias"]
             assert AgentSettings(**read_settings(out)).argument_head_none_bias is None
+
+
+def test_event_calibration_passes_share_what_the_model_wrote(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The passes of `calibrate-events` differ only in how they decide: the model writes each sentence once, and a
+    pass reading those outputs scores exactly what a pass that wrote them did."""
+    from reamo import pipeline
+    from reamo.eval import calibrate
+
+    generate, asked = pipeline.generate_segments, []
+    monkeypatch.setattr(pipeline, "generate_segments", lambda a, jobs: asked.append(len(jobs)) or generate(a, jobs))
+    old = agent.settings.model_copy()
+    try:
+        agent.settings.trigger_none_bias = agent.settings.argument_none_bias = -1e9
+        examples = [m2e2_example(n, {"Rafael Nadal": "Person"}) for n in range(3)]
+        written: dict[int, list[str]] = {}
+        first = calibrate.score_event_decisions(agent, examples, batch_size=2, written=written)
+        assert asked == [2, 1] and sorted(written) == [0, 1, 2] and all(len(w) == 1 for w in written.values())
+        again = calibrate.score_event_decisions(agent, examples, batch_size=2, written=written)
+        assert asked == [2, 1] and again == first  # nothing written again, the same decisions
+        # every candidate scored (the tagger's verbs and nouns: the M2E2 types are not all in the lexicon)
+        assert [len(s.triggers) for s in first] == [2, 2, 2] and first[0].n_triggers == 1
+        calibrate.score_event_decisions(agent, examples[:1])
+        assert asked == [2, 1, 1]  # without shared outputs the model writes
+    finally:
+        agent.settings = old
 
 
 def test_fit_argument_head_command_writes_a_head_the_model_folder_loads(tiny_model_folder: Path) -> None:

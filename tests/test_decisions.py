@@ -8,7 +8,7 @@ import pytest
 from reamo.agent import Agent, AgentSettings
 from reamo.candidates import TriggerLexicon, pair_candidates, tag, trigger_candidates
 from reamo.model import ReamoConfig, ReamoModel
-from reamo.ontology import allowed_relations, event_roles, is_symmetric, relation_signatures
+from reamo.ontology import allowed_relations, event_roles, fitting_roles, is_symmetric, relation_signatures
 from reamo.pipeline import generation_tasks
 from reamo.schema import Entity, Event, Labels, Mention, TextSpan
 from reamo.tools.registry import ToolRegistry
@@ -37,6 +37,19 @@ def test_ontology_knows_roles_signatures_and_symmetry() -> None:
     assert signatures == {"member_of": ("PER", "ORG"), "/per/per/peer": ("PER", "PER"), "founded": None}
     assert allowed_relations(["member_of", "peer", "founded"], "PER", "ORG") == ["member_of", "founded"]
     assert is_symmetric("peer") and is_symmetric("/per/per/couple") and not is_symmetric("member_of")
+
+
+def test_fitting_roles_are_the_roles_an_entity_of_that_type_can_fill() -> None:
+    # ACE's argument types: a city is never an attacker or a victim, a person never a place or an instrument
+    assert fitting_roles("Conflict:Attack", "GPE") == ["Attacker", "Target", "Place"]
+    assert fitting_roles("Life:Die", "GPE") == ["Agent", "Place"]
+    assert fitting_roles("Life:Die", "PER") == ["Agent", "Victim"]
+    assert fitting_roles("Movement:Transport", "VEH") == ["Artifact", "Vehicle"]
+    assert fitting_roles("Conflict:Attack", "VALUE") == []
+    # not narrowed: an entity type ACE does not have, the caller's own roles, an event type without ACE roles
+    assert fitting_roles("Conflict:Attack", "PERSON") == event_roles("Conflict:Attack")
+    assert fitting_roles("Life:Die", "GPE", {"life:die": ["Victim", "Where"]}) == ["Victim", "Where"]
+    assert fitting_roles("my:Event", "PER") == []
 
 
 def test_trigger_candidates_come_from_the_lexicon_and_open_types_from_the_tagger() -> None:
@@ -117,12 +130,14 @@ def test_events_are_scored_candidates_with_roles_of_their_type(agent: Agent) -> 
         labels = LABELS.model_copy(update={"event_types": ["Justice:Arrest-Jail", "Contact:Meet"]})
         request = agent.prepare(TEXT, tasks=("ner", "ee"), labels=labels)
         result = agent.finish(request, [RAW])
+        types = {e.text: e.type for e in result.entities}
         assert [e.trigger.text for e in result.events] == ["arrested", "met"]  # the lexicon's candidates
         for event in result.events:
             assert event.score is not None and event.type in labels.event_types
             assert TEXT[event.trigger.span.start:event.trigger.span.end] == event.trigger.text
             assert len(event.arguments) == 4  # each entity of the sentence, in one of the type's roles
             assert all(a.role in event_roles(event.type) and a.score is not None for a in event.arguments)
+            assert all(a.role in fitting_roles(event.type, types[a.entity.text]) for a in event.arguments)
         weakest = min(a.score for e in result.events for a in e.arguments)
         agent.settings.argument_none_bias = weakest + 1e-3
         fewer = agent.finish(request, [RAW])

@@ -153,7 +153,7 @@ def test_event_calibration_reports_what_it_wrote(tmp_path: Path, monkeypatch: py
     scored = [calibrate.ScoredEventSentence(triggers=[(1.0, True, [(0.5, True), (-2.0, False)])], n_triggers=1,
                                             n_arguments=1),
               calibrate.ScoredEventSentence(triggers=[(-1.0, False, [(0.3, False)])], n_triggers=0, n_arguments=0)]
-    monkeypatch.setattr(calibrate, "score_event_decisions", lambda agent, examples: scored)
+    monkeypatch.setattr(calibrate, "score_event_decisions", lambda agent, examples, written=None: scored)
     agent = SimpleNamespace(settings=SimpleNamespace(trigger_none_bias=None, argument_none_bias=None))
     out = tmp_path / "settings.json"
     result = calibrate.calibrate_event_decisions(agent, [tmp_path / "r.yaml"], out)
@@ -183,7 +183,7 @@ def test_event_calibration_with_a_trigger_head_calibrates_the_head_and_the_ranki
                                                 n_triggers=1, n_arguments=1)]
     seen = []
 
-    def score(agent, examples):
+    def score(agent, examples, written=None):
         seen.append((agent.trigger_head, agent.settings.trigger_head_none_bias))
         return by_head if agent.trigger_head is not None else by_ranking
 

@@ -43,6 +43,16 @@ from reamo.datasets import (
     read_mnre,
 )
 from reamo.decisions import argument_items, pair_items, trigger_items, triple_items
+from reamo.head_defaults import (
+    DEFAULT_ARGUMENT_LAYER,
+    DEFAULT_ARGUMENT_WEIGHT_DECAY,
+    DEFAULT_RELATION_LAYER,
+    DEFAULT_RELATION_WEIGHT_DECAY,
+    DEFAULT_TRIGGER_LAYER,
+    DEFAULT_TRIPLE_LAYER,
+    DEFAULT_TRIPLE_WEIGHT_DECAY,
+    DEFAULT_WEIGHT_DECAY,
+)
 from reamo.model.decision_heads import NO_LABEL, DecisionHead, DecisionHeadConfig
 from reamo.ontology import event_roles, is_symmetric
 from reamo.schema import Entity, Event, Labels, Result
@@ -53,17 +63,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TRIGGER_ANSWER_START = "Events:"
-DEFAULT_TRIGGER_LAYER = 24  # of SmolLM2-135M's 30: chosen by held-out log-loss among layers 12-30 (model card)
-DEFAULT_WEIGHT_DECAY = 0.01
 RELATION_ANSWER_START = "Relations:"
-DEFAULT_RELATION_LAYER = 28  # of 30: chosen by held-out log-loss among layers 16-30 (model card)
-DEFAULT_RELATION_WEIGHT_DECAY = 0.03  # with layer 28, the lowest held-out log-loss (0.745) of 1e-3..0.1
 ARGUMENT_ANSWER_START = "Events:"
-DEFAULT_ARGUMENT_LAYER = 24  # the trigger head's layer; 5-fold cross-validation over layers 12-30 kept it (model card)
-DEFAULT_ARGUMENT_WEIGHT_DECAY = 0.03  # lowest log-loss on the calibration slice of 0.01/0.03/0.1 (0.01 level in CV)
 TRIPLE_ANSWER_START = "Relations:"
-DEFAULT_TRIPLE_LAYER = 28  # the relation head's layer (the same question, asked about other pairs)
-DEFAULT_TRIPLE_WEIGHT_DECAY = 0.003  # best triple F1 of 0.001-0.03 on the calibration slice (model card)
 
 
 def trigger_states(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str], layer: int,

@@ -1,0 +1,14 @@
+"""Where each decision head reads the LLM and how strongly its fit is penalised: one home for the values the
+fitting code (`reamo.tuning.heads`) and the `reamo fit-*-head` commands default to, kept free of torch so the
+command line starts fast. Each was chosen on held-out data (the model card gives the sweeps)."""
+
+from __future__ import annotations
+
+DEFAULT_TRIGGER_LAYER = 24  # of SmolLM2-135M's 30: chosen by held-out log-loss among layers 12-30 (model card)
+DEFAULT_WEIGHT_DECAY = 0.01  # the trigger head's: with layer 24, the lowest held-out log-loss of 1e-4..0.1
+DEFAULT_RELATION_LAYER = 28  # of 30: chosen by held-out log-loss among layers 16-30 (model card)
+DEFAULT_RELATION_WEIGHT_DECAY = 0.03  # with layer 28, the lowest held-out log-loss (0.745) of 1e-3..0.1
+DEFAULT_ARGUMENT_LAYER = 24  # the trigger head's layer; 5-fold cross-validation over layers 12-30 kept it (model card)
+DEFAULT_ARGUMENT_WEIGHT_DECAY = 0.03  # lowest log-loss on the calibration slice of 0.01/0.03/0.1 (0.01 level in CV)
+DEFAULT_TRIPLE_LAYER = 28  # the relation head's layer (the same question, asked about other pairs)
+DEFAULT_TRIPLE_WEIGHT_DECAY = 0.003  # best triple F1 of 0.001-0.03 on the calibration slice (model card)
