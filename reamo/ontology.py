@@ -85,10 +85,10 @@ def event_roles(event_type: str, given: dict[str, list[str]] | None = None) -> l
 
 
 def fitting_roles(event_type: str, entity_type: str | None, given: dict[str, list[str]] | None = None
-                   ) -> list[str]:
+                  ) -> list[str]:
     """The roles of `event_type` (`event_roles`) an entity of `entity_type` can fill: for ACE's own roles, those
-    whose argument types (`ACE_ROLE_ENTITY_TYPES`) include it ("Baghdad" is never an attack's Attacker or a
-    death's Victim); a caller's roles, or an entity type outside ACE's (a caller's own), are not narrowed."""
+    whose argument types (`ACE_ROLE_ENTITY_TYPES`) include it ("Baghdad" is never a death's Victim or an attack's
+    Instrument); a caller's roles, or an entity type outside ACE's (a caller's own), are not narrowed."""
     roles = event_roles(event_type, given)
     kind = (entity_type or "").split(":")[0].strip().upper()
     caller_roles = any(name.casefold() == event_type.casefold() for name in (given or {}))

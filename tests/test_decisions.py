@@ -40,7 +40,7 @@ def test_ontology_knows_roles_signatures_and_symmetry() -> None:
 
 
 def test_fitting_roles_are_the_roles_an_entity_of_that_type_can_fill() -> None:
-    # ACE's argument types: a city is never an attacker or a victim, a person never a place or an instrument
+    # ACE's argument types: a city is never a victim or an instrument, a person never a place or a vehicle
     assert fitting_roles("Conflict:Attack", "GPE") == ["Attacker", "Target", "Place"]
     assert fitting_roles("Life:Die", "GPE") == ["Agent", "Place"]
     assert fitting_roles("Life:Die", "PER") == ["Agent", "Victim"]
