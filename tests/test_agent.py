@@ -123,6 +123,25 @@ def test_embedded_default_extracts_a_parsed_result() -> None:
     assert message["role"] == "assistant" and isinstance(message["content"], str)
 
 
+def test_a_writer_adapter_shipped_beside_the_default_writes_its_answers(tmp_path, monkeypatch) -> None:
+    """A `writer_adapter/` in the package is loaded into its own copy of the LLM (folded in, as the adapter is);
+    with the shipped adapter itself as the writer the default writes exactly what it writes alone."""
+    import shutil
+
+    from reamo.model import embedded_default
+
+    alone = Agent.from_pretrained("default", max_new_tokens=60)
+    assert alone.model.writer_llm is None  # none is shipped
+    shutil.copytree(embedded_default.SHIPPED_ADAPTER, tmp_path / "writer_adapter")
+    monkeypatch.setattr(embedded_default, "SHIPPED_WRITER", tmp_path / "writer_adapter")
+    agent = Agent.from_pretrained("default", max_new_tokens=60)
+    assert agent.model.writer_llm is not None and agent.model.writer_llm is not agent.model.llm
+    assert not hasattr(agent.model.writer_llm, "peft_config")  # merged for inference
+    written = agent.extract(text=TEXT, tasks=("ner", "re"))
+    assert written.raw_output == alone.extract(text=TEXT, tasks=("ner", "re")).raw_output
+    assert {("Rafael Nadal", "PER"), ("Mery Perello", "PER")} <= {(e.text, e.type) for e in written.entities}
+
+
 def test_embedded_default_types_triggers_with_its_head_and_invents_no_event() -> None:
     """The shipped trigger head decides the default label set (M2E2's eight types) and the argument head the roles:
     the arrest is found with its place, a caption with no event stays without one (rank classification had also kept "Police" and "suspect")."""

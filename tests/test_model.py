@@ -357,3 +357,52 @@ def test_scores_and_answer_start_states_with_media_equal_a_plain_forward(tiny_mo
         assert score == pytest.approx(expected, abs=1e-3)
         torch.testing.assert_close(state, out.hidden_states[1][0, -1].float(), rtol=1e-4, atol=1e-4)
     assert scores[0] != pytest.approx(scores[1])  # the image changed the answer's likelihood
+
+
+def _lora_folder(tiny_llm_dir, folder, shift: float) -> Any:
+    """A saved text-only tiny model whose LoRA adapter is made non-trivial by `shift` (LoRA B starts at zero)."""
+    torch.manual_seed(1)
+    model = ReamoModel.from_config(ReamoConfig(llm=str(tiny_llm_dir), encoder=None, modalities=[],
+                                               lora=LoraSettings(r=4, alpha=8, dropout=0.0)))
+    with torch.no_grad():
+        for name, param in model.llm.named_parameters():
+            if "lora_B" in name:
+                param.add_(shift)
+    return model.save_pretrained(folder)
+
+
+def test_a_writer_adapter_writes_and_the_adapter_scores(tiny_llm_dir, tmp_path) -> None:
+    """With `writer_adapter/`, free text comes from the writer's LLM and every scored decision from `adapter/`'s:
+    each job gives exactly what a model with only that adapter gives, merged for inference or not, and the writer
+    survives a save and load (but not a load for training, which continues `adapter/` only)."""
+    from reamo.model.modeling_reamo import WRITER_ADAPTER_DIR
+    from reamo.model.shared_prefix import ScoringItem
+
+    decider = ReamoModel.from_pretrained(_lora_folder(tiny_llm_dir, tmp_path / "decider", 0.3))
+    writer_only = ReamoModel.from_pretrained(_lora_folder(tiny_llm_dir, tmp_path / "writer", -0.3))
+    both = ReamoModel.from_pretrained(tmp_path / "decider")
+    both.add_writer(tmp_path / "writer" / "adapter")
+    prompts = ["USER: Rafael Nadal plays ASSISTANT:", "USER: hi ASSISTANT:"]
+    prefixes = ["USER:", "USER:"]
+    items = [ScoringItem(prompt=prompts[0], continuations=[" PER", " ORG", " None"], prefix="USER:")]
+
+    def jobs(model: ReamoModel) -> tuple[list[str], list[float]]:
+        return (model.generate(prompts, max_new_tokens=8, prefixes=prefixes),
+                model.score_continuations(items)[0])
+
+    written, scored = jobs(both)
+    assert written == jobs(writer_only)[0] != jobs(decider)[0]
+    assert scored == pytest.approx(jobs(decider)[1], abs=1e-5)
+    assert scored != pytest.approx(jobs(writer_only)[1], abs=1e-3)
+
+    saved = both.save_pretrained(tmp_path / "both")
+    assert (saved / WRITER_ADAPTER_DIR / "adapter_model.safetensors").is_file()
+    reloaded = ReamoModel.from_pretrained(saved)
+    reloaded.prepare_for_inference()
+    assert reloaded.writer_llm is not None and not hasattr(reloaded.writer_llm, "peft_config")  # merged
+    merged_written, merged_scored = jobs(reloaded)
+    assert merged_written == written
+    assert merged_scored == pytest.approx(scored, abs=1e-4)
+    assert ReamoModel.from_pretrained(saved, training=True).writer_llm is None
+    with pytest.raises(CheckpointNotFoundError, match="no LoRA adapter"):
+        both.add_writer(tmp_path / "nothing-here")

@@ -39,6 +39,10 @@ GEMMA_CACHE_NAME = "gemma3-270m"
 EMBEDDED_NAMES = DEFAULT_NAMES + BASE_NAMES + GEMMA_NAMES  # every name that is not a model folder
 # The tuned LoRA adapter shipped in the repository (four-stage tuning, see weights/default/MODEL_CARD.md)
 SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "weights" / "default" / "adapter"
+# Where the package holds one, the adapter that writes the default's free-text answers (entities, tool calls) while
+# `SHIPPED_ADAPTER` makes every scored decision (`ReamoModel.add_writer`); a maintainer ships one with `reamo
+# export-adapter F --out reamo/weights/default/writer_adapter`. None is shipped: see the model card for those tried
+SHIPPED_WRITER = SHIPPED_ADAPTER.parent / "writer_adapter"
 # Agent settings calibrated for that adapter (e.g. the given-pair relation threshold), shipped with the package
 # (a maintainer re-calibrates with `reamo calibrate-pairs --out reamo/weights/default/settings.json`); keys are
 # AgentSettings fields, plus "_about" with provenance.
@@ -195,5 +199,7 @@ def load_default_model(tuned: bool = True, name: str = "default") -> tuple["Ream
 
             model.llm = PeftModel.from_pretrained(model.llm, str(SHIPPED_ADAPTER), is_trainable=False)
             model.llm.eval()
+            if (SHIPPED_WRITER / "adapter_model.safetensors").is_file():
+                model.add_writer(SHIPPED_WRITER)
             return model, True
     return model, False

@@ -4,6 +4,11 @@ As in LLaVA / NExT-GPT, the prompt carries `<image>` / `<video>` / `<audio>` pla
 `tokens_per_input` projected encoder embeddings in the LLM's input sequence. Only the projector and the LoRA
 adapter are trained, so only they (plus the config) are saved: `adapter/` (peft, safetensors) and
 `projector.safetensors`, written into a temporary folder that is renamed into place when complete.
+
+A folder may also hold `writer_adapter/`: a second LoRA adapter on the same base that writes the free-text answer
+(`generations`), while `adapter/` makes every scored decision (rank classification, the decision heads' states).
+Tuning passes that teach the decision formats can cost the free writing some accuracy; two adapters let each job
+use the pass that does it best (see weights/default/MODEL_CARD.md).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ DRAFT_PASS_TOKENS = 16
 CONFIG_NAME = "reamo_config.json"
 PROJECTOR_NAME = "projector.safetensors"
 ADAPTER_DIR = "adapter"
+WRITER_ADAPTER_DIR = "writer_adapter"
 PLACEHOLDERS: dict[str, EncodedModality] = {"<image>": "image", "<video>": "video", "<audio>": "audio"}
 PLACEHOLDER_IDS: dict[EncodedModality, int] = {"image": -200, "video": -201, "audio": -202}
 _PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(p) for p in PLACEHOLDERS) + ")")
@@ -239,9 +245,12 @@ class ReamoModel(nn.Module):
                 ).to(device=device, dtype=compute_dtype)
         # generate() on one model object from several threads must not interleave (peft / KV cache state)
         self._lock = threading.Lock()
-        # key/values of recently used prompt starts (system turns), shared by generation and scoring
+        # key/values of recently used prompt starts (system turns), shared by generation and scoring (without a writer)
         self.prefix_cache = PrefixCache()
         self.adapter_merged = False  # `prepare_for_inference` folded a LoRA adapter into the LLM's weights
+        # the LLM with the writer adapter (`add_writer`): it writes the free-text answers; None = `llm` writes them
+        self.writer_llm: nn.Module | None = None
+        self.writer_prefix_cache = PrefixCache()  # its own key/values: the two LLMs' weights differ
 
     # -- construction --------------------------------------------------------------------------------------------
     @classmethod
@@ -295,6 +304,8 @@ class ReamoModel(nn.Module):
                     llm = prepare_model_for_kbit_training(llm)
                 llm = PeftModel.from_pretrained(llm, str(adapter), is_trainable=False)
         model = cls(config, llm, tokenizer, encoder)
+        if not training and (path / WRITER_ADAPTER_DIR).is_dir():  # training continues `adapter/` only
+            model.add_writer(path / WRITER_ADAPTER_DIR, decoding)
         projector_file = path / PROJECTOR_NAME
         if model.projectors and projector_file.is_file():
             model.projectors.load_state_dict(load_file(str(projector_file)))
@@ -315,7 +326,27 @@ class ReamoModel(nn.Module):
                 # cannot find for a local base and warns about at every checkpoint)
                 self.llm.save_pretrained(str(staging / ADAPTER_DIR), safe_serialization=True,
                                          save_embedding_layers=False)
+            if self.writer_llm is not None and hasattr(self.writer_llm, "peft_config"):
+                self.writer_llm.save_pretrained(str(staging / WRITER_ADAPTER_DIR), safe_serialization=True,
+                                                save_embedding_layers=False)
         return target
+
+    def add_writer(self, adapter: str | os.PathLike, decoding: str | None = None) -> None:
+        """Load a second copy of the base LLM with the LoRA adapter in `adapter` (a peft folder) as the writer:
+        `generations` use it, scoring and hidden states keep `llm`. It costs the memory of a second LLM and no
+        time: each job runs one LLM, with its adapter folded in by `prepare_for_inference`."""
+        from peft import PeftModel
+
+        folder = Path(adapter).expanduser()
+        if not (folder / "adapter_config.json").is_file():
+            raise CheckpointNotFoundError(f"no LoRA adapter in {folder} (expected adapter_config.json and weights)")
+        with _quiet_load(self.config):
+            llm, _ = load_llm(self.config, decoding)
+            writer = PeftModel.from_pretrained(llm, str(folder), is_trainable=False)
+        writer.eval()
+        with self._lock:
+            self.writer_llm = writer
+            self.writer_prefix_cache.clear()
 
     def prepare_for_inference(self, precision: str = "float32") -> str:
         """Make this model cheaper to run for extraction only; returns the precision chosen.
@@ -334,11 +365,17 @@ class ReamoModel(nn.Module):
                 self.llm = self.llm.merge_and_unload()
                 self.llm.eval()
                 self.adapter_merged = True
+            if hasattr(self.writer_llm, "merge_and_unload") and not self.config.load_in_4bit:
+                self.writer_llm = self.writer_llm.merge_and_unload()
+                self.writer_llm.eval()
             if precision == "auto":
                 precision = "bfloat16" if self.device.type == "cuda" or cpu_has_native_bf16() else "float32"
             if precision == "bfloat16" and not self.config.load_in_4bit:
                 self.llm.to(torch.bfloat16)
+                if self.writer_llm is not None:
+                    self.writer_llm.to(torch.bfloat16)
             self.prefix_cache.clear()  # cached key/values of the weights before
+            self.writer_prefix_cache.clear()
         return precision
 
     # -- inputs --------------------------------------------------------------------------------------------------
@@ -528,20 +565,28 @@ class ReamoModel(nn.Module):
             return 0
         return length
 
-    def _prefix_key_values(self, prefix_ids: tuple[int, ...]) -> KeyValues:
-        """The key/values of a prefix (batch 1), from the cache or computed once and cached (caller holds the lock)."""
-        cached = self.prefix_cache.get(prefix_ids)
+    def _prefix_key_values(self, prefix_ids: tuple[int, ...], writing: bool = False) -> KeyValues:
+        """The key/values of a prefix (batch 1), from the cache or computed once and cached (caller holds the lock);
+        `writing`: those of the LLM that writes (`writer_llm` where there is one)."""
+        llm, prefix_cache = self._writer() if writing else (self.llm, self.prefix_cache)
+        cached = prefix_cache.get(prefix_ids)
         if cached is not None:
             return cached
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.llm.config)
+        cache = DynamicCache(config=llm.config)
         ids = torch.tensor([list(prefix_ids)], device=self.device)
-        self.llm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1,
-                 **{self._cache_argument(): cache})
+        llm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1,
+            **{self._cache_argument(): cache})
         key_values = tuple((layer.keys, layer.values) for layer in cache.layers)
-        self.prefix_cache.put(prefix_ids, key_values)
+        prefix_cache.put(prefix_ids, key_values)
         return key_values
+
+    def _writer(self) -> tuple[nn.Module, PrefixCache]:
+        """The LLM that writes free text and its prefix cache: the writer adapter's where there is one."""
+        if self.writer_llm is not None:
+            return self.writer_llm, self.writer_prefix_cache
+        return self.llm, self.prefix_cache
 
     def _cache_from(self, key_values: KeyValues, batch: int) -> Any:
         """A fresh DynamicCache holding `key_values` repeated over `batch` rows (the cached tensors stay as they are:
@@ -602,8 +647,9 @@ class ReamoModel(nn.Module):
         kwargs.update(generate_kwargs)
         outputs: list[Generation] = [Generation(text="")] * len(prompts)
         with self._lock:
+            writer, _ = self._writer()
             ids = [self.tokenize_with_placeholders(p) for p in prompts]
-            cacheable = getattr(getattr(self.llm, "generation_config", None), "cache_implementation", None) is None
+            cacheable = getattr(getattr(writer, "generation_config", None), "cache_implementation", None) is None
             groups: dict[tuple[int, ...], list[int]] = {}
             for row, (row_ids, prefix) in enumerate(zip(ids, prefixes)):
                 length = self.shared_prefix_length(row_ids, prefix) if cacheable else 0
@@ -616,13 +662,13 @@ class ReamoModel(nn.Module):
                     prefix = self.embed(list(key))
                     embeds = torch.cat([prefix.unsqueeze(0).expand(len(rows), -1, -1), embeds], dim=1)
                     mask = torch.cat([mask.new_ones((len(rows), len(key))), mask], dim=1)
-                    cache = self._cache_from(self._prefix_key_values(key), len(rows))
+                    cache = self._cache_from(self._prefix_key_values(key, writing=True), len(rows))
                 if cacheable and not generate_kwargs:
                     done = self._greedy(embeds, mask, cache, len(key), max_new_tokens, max_time,
                                         [ids[r] for r in rows], draft_tokens)
                 else:
                     extra = {self._cache_argument(): cache} if cache is not None else {}
-                    generated = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs, **extra)
+                    generated = writer.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs, **extra)
                     # with inputs_embeds only, generate returns just the new tokens
                     done = [Generation(text=t, stop="unknown")
                             for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
@@ -639,6 +685,7 @@ class ReamoModel(nn.Module):
 
         embeds / mask [batch, length(, hidden)] cover the whole prompts; the first `cached` positions are already
         in `cache` (the shared prefix), which is extended in place. Positions follow the mask, as in `generate`.
+        The writer LLM (`writer_llm` where there is one) decodes.
 
         With `draft_tokens` and `prompt_ids` (each row's prompt token ids): once few rows are left writing (a
         single request, a batch's tail), each pass also feeds every row's prompt-lookup draft
@@ -649,12 +696,13 @@ class ReamoModel(nn.Module):
         from transformers import DynamicCache
 
         started = time.perf_counter()
+        llm, _ = self._writer()
         eos = self.tokenizer.eos_token_id
         stop = RepetitionStop(self.tokenizer)
-        cache = cache if cache is not None else DynamicCache(config=self.llm.config)
+        cache = cache if cache is not None else DynamicCache(config=llm.config)
         cache_kw = self._cache_argument()
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = self.llm(inputs_embeds=embeds[:, cached:], attention_mask=mask, position_ids=positions[:, cached:],
+        logits = llm(inputs_embeds=embeds[:, cached:], attention_mask=mask, position_ids=positions[:, cached:],
                           use_cache=True, logits_to_keep=1, **{cache_kw: cache}).logits[:, -1]
         rows = list(range(embeds.shape[0]))
         written: list[list[int]] = [[] for _ in rows]
@@ -704,8 +752,8 @@ class ReamoModel(nn.Module):
             start = mask.shape[1]
             mask = torch.cat([mask, mask.new_ones((len(rows), width))], dim=1)
             step_positions = last[:, None] + torch.arange(1, width + 1, device=mask.device)
-            out = self.llm(input_ids=feed, attention_mask=mask, position_ids=step_positions, use_cache=True,
-                           **{cache_kw: cache}).logits
+            out = llm(input_ids=feed, attention_mask=mask, position_ids=step_positions, use_cache=True,
+                      **{cache_kw: cache}).logits
             greedy = out.argmax(-1).tolist()
             kept = []
             for j, draft in enumerate(drafts):
@@ -893,10 +941,12 @@ class ReamoModel(nn.Module):
         )
 
 def model_summary(model: ReamoModel) -> dict[str, Any]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return {"parameters": total, "trainable": trainable, "modalities": list(model.encoded_modalities),
-            "adapter_merged": model.adapter_merged}
+    """Sizes and state of the model; the writer's LLM (a second copy of the base) is counted apart."""
+    writer = {id(p) for p in model.writer_llm.parameters()} if model.writer_llm is not None else set()
+    own = [p for p in model.parameters() if id(p) not in writer]
+    return {"parameters": sum(p.numel() for p in own), "trainable": sum(p.numel() for p in own if p.requires_grad),
+            "writer_parameters": sum(p.numel() for p in model.writer_llm.parameters()) if writer else 0,
+            "modalities": list(model.encoded_modalities), "adapter_merged": model.adapter_merged}
 
 
 def _probe_logits_mask(llm: nn.Module) -> bool:
