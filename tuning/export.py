@@ -17,10 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from reamo.errors import CheckpointNotFoundError
 from reamo.files import atomic_folder
-from reamo.model.modeling_reamo import ADAPTER_DIR
+from reamo.model.modeling_reamo import ADAPTER_CONFIG, ADAPTER_DIR
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 

@@ -53,6 +53,7 @@ CONFIG_NAME = "reamo_config.json"
 PROJECTOR_NAME = "projector.safetensors"
 ADAPTER_DIR = "adapter"
 WRITER_ADAPTER_DIR = "writer_adapter"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's file naming a LoRA adapter folder
 PLACEHOLDERS: dict[str, EncodedModality] = {"<image>": "image", "<video>": "video", "<audio>": "audio"}
 PLACEHOLDER_IDS: dict[EncodedModality, int] = {"image": -200, "video": -201, "audio": -202}
 _PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(p) for p in PLACEHOLDERS) + ")")
@@ -338,8 +339,8 @@ class ReamoModel(nn.Module):
         from peft import PeftModel
 
         folder = Path(adapter).expanduser()
-        if not (folder / "adapter_config.json").is_file():
-            raise CheckpointNotFoundError(f"no LoRA adapter in {folder} (expected adapter_config.json and weights)")
+        if not (folder / ADAPTER_CONFIG).is_file():
+            raise CheckpointNotFoundError(f"no LoRA adapter in {folder} (expected {ADAPTER_CONFIG} and weights)")
         with _quiet_load(self.config):
             llm, _ = load_llm(self.config, decoding)
             writer = PeftModel.from_pretrained(llm, str(folder), is_trainable=False)
