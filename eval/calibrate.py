@@ -488,7 +488,7 @@ def score_event_decisions(agent: Any, examples: Sequence[Example], batch_size: i
     `written` (sentence index -> what the model wrote for it, one text per window) is filled where a sentence is
     missing and read where it is there: calibration passes differ only in how they decide, so the LLM writes
     each held-out sentence once for all of them."""
-    from reamo.pipeline import finish_steps, generate_segments
+    from reamo.pipeline import finish_steps, write_requests
 
     spec = DATASETS["m2e2"]
     written = {} if written is None else written
@@ -497,12 +497,8 @@ def score_event_decisions(agent: Any, examples: Sequence[Example], batch_size: i
         chunk = examples[start:start + batch_size]
         requests = [agent.prepare(e.text, tasks=spec.tasks, labels=spec.labels) for e in chunk]
         missing = [k for k in range(len(chunk)) if start + k not in written]
-        jobs = [(requests[k], segment) for k in missing for segment in requests[k].segments]
-        owners = [start + k for k in missing for _ in requests[k].segments]
-        for index, raw in zip(owners, generate_segments(agent, jobs) if jobs else [], strict=True):
-            if not isinstance(raw, str):
-                raise raw
-            written.setdefault(index, []).append(raw)
+        raws = write_requests(agent, [requests[k] for k in missing])[0] if missing else {}
+        written.update({start + k: raws.get(j, []) for j, k in enumerate(missing)})
         steps = finish_steps(agent, requests, {k: written[start + k] for k in range(len(chunk))}, [None] * len(chunk))
         results = [step for step in steps if isinstance(step, list)][-1]
         for example, result in zip(chunk, results, strict=True):

@@ -542,10 +542,21 @@ def run_steps(agent: "Agent", requests: list[PreparedRequest], raise_errors: boo
     """Model step and back half for `requests` together: a short message before each stage (progress for UIs),
     then the list of Results in request order (with `raise_errors=False`, a request that failed is an
     `ExtractionError` in its place instead of raising)."""
+    yield "extracting entities, relations and events..."
+    raws, outcomes, margins = write_requests(agent, requests, raise_errors)
+    yield from finish_steps(agent, requests, raws, outcomes, raise_errors, margins)
+
+
+def write_requests(agent: "Agent", requests: list[PreparedRequest], raise_errors: bool = True
+                   ) -> tuple[dict[int, list[str]], list[Result | ExtractionError | None],
+                              dict[int, dict[tuple[str, str, str], float]]]:
+    """The model step alone: what the LLM writes for each request (`raws[i]`: one text per window; given pairs
+    are classified by scoring instead, with their `margins`), and a failed generation's error in `outcomes[i]`.
+    Kept apart from `finish_steps` so a caller that decides the same outputs several ways (calibration) writes
+    them once."""
     from reamo.decisions import classify_given_pairs
 
     outcomes: list[Result | ExtractionError | None] = [None] * len(requests)
-    yield "extracting entities, relations and events..."
     mark = time.perf_counter()
     owners = [i for i, r in enumerate(requests) if not _classifies_pairs(agent, r) for _ in r.segments]
     jobs = [(r, s) for r in requests if not _classifies_pairs(agent, r) for s in r.segments]
@@ -566,7 +577,7 @@ def run_steps(agent: "Agent", requests: list[PreparedRequest], raise_errors: boo
     seconds = (time.perf_counter() - mark) / max(len(requests), 1)
     for request in requests:
         request.timings["generate"] = seconds
-    yield from finish_steps(agent, requests, raws, outcomes, raise_errors, margins)
+    return raws, outcomes, margins
 
 
 def finish_steps(agent: "Agent", requests: list[PreparedRequest], raws: dict[int, list[str]],

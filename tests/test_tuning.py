@@ -212,11 +212,26 @@ def test_speech_examples_with_espeak(tmp_path, shared_data) -> None:
 
 @pytest.mark.parametrize("name", ["stage1_uie", "stage2_alignment", "stage3_grounding", "stage4_invocation",
                                   "default_smollm2", "default_smollm2_more", "default_smollm2_third",
-                                  "default_smollm2_fourth", "default_smollm2_fifth",
-                                  "qlora_vicuna7b"])
+                                  "default_smollm2_fourth", "default_smollm2_fifth", "default_smollm2_sixth",
+                                  "default_smollm2_writer", "qlora_vicuna7b"])
 def test_shipped_configs_load(name: str) -> None:
     config = TrainConfig.from_yaml(CONFIGS / f"{name}.yaml")
     assert config.data.split == "train"
+
+
+def test_a_recipe_can_keep_the_event_calibration_slice_out(shared_data) -> None:
+    from reamo.datasets import m2e2_calibration_held_out
+    from reamo.tuning.trainer import build_examples
+
+    slice_texts = {e.text for e in read_m2e2("train") if m2e2_calibration_held_out(e)}
+    drawn = {}
+    for keep_out in (False, True):
+        config = TrainConfig.from_dict({"stage": 4, "output_dir": "x", "data": {
+            "m2e2": 600, "invocation": 60, "keep_calibration_out": keep_out, "seed": 3}})
+        texts = [e.messages[1]["content"] for e in build_examples(config)]
+        drawn[keep_out] = sum(any(t in text for t in slice_texts) for text in texts)
+        assert len(texts) == 660
+    assert drawn[False] > 30 and drawn[True] == 0
 
 
 def test_bf16_falls_back_to_float32_on_cpus_without_bfloat16_kernels(caplog) -> None:

@@ -38,6 +38,9 @@ class DataConfig(BaseModel):
     event_decisions: bool = Field(
         default=False, description="M2E2 trigger and argument decisions (reamo.tuning.decisions): every gold trigger "
         "and role of the train split outside the calibration slice, plus the negatives below")
+    keep_calibration_out: bool = Field(
+        default=False, description="draw no M2E2 sentence of the event calibration slice (m2e2, invocation, speech), "
+        "so `reamo calibrate-events` keeps all of its sentences when this recipe is among the kept-out ones")
     trigger_negatives: int = Field(default=0, ge=0, description="trigger candidates that are no trigger ('None')")
     argument_negatives: int = Field(default=0, ge=0, description="entity mentions that play no role in an event")
     mnre_reversed: int = Field(default=0, ge=0, description="MNRE pairs with a relation, asked the other way round")

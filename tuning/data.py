@@ -35,6 +35,7 @@ from reamo.datasets import (
     MNRE_SHORT_RELATION_TYPES,
     Example,
     group_mnre,
+    m2e2_calibration_held_out,
     read_gmner,
     read_m2e2,
     read_mnre_for_tuning,
@@ -308,6 +309,12 @@ def m2e2_examples(
     return out
 
 
+def m2e2_pool(split: str, root: str | os.PathLike[str] | None, keep_calibration_out: bool) -> list[Example]:
+    """The M2E2 sentences of `split` a recipe may draw from: all, or all but the event calibration slice."""
+    sentences = read_m2e2(split, root=root)
+    return [e for e in sentences if not m2e2_calibration_held_out(e)] if keep_calibration_out else sentences
+
+
 def balance_m2e2(examples: Sequence[Example], limit: int, none_fraction: float, seed: int) -> list[Example]:
     """At most `limit` M2E2 sentences, about `none_fraction` of them without events (most sentences have none)."""
     return balance(examples, limit, none_fraction, random.Random(f"m2e2-balance-{seed}"),
@@ -323,12 +330,14 @@ def sample(examples: Sequence[Example], limit: int | None, seed: int, name: str)
 def uie_examples(
     split: str, counts: dict[str, int], seed: int = 0, stage: int = 1, options: BuildOptions | None = None,
     root: str | os.PathLike[str] | None = None, mnre_none_fraction: float = 0.4, m2e2_none_fraction: float = 0.3,
+    keep_calibration_out: bool = False,
 ) -> list[InstructionExample]:
     """The stage 1 / stage 3 mix from the datasets: counts = {"gmner": n, "mnre": n, "m2e2": n} (0 = none).
 
     Optional counts: "gmner_text" (GMNER NER without the image, whatever the stage: the text-only task as scored),
     "mnre_pairs" (relation classification given the pair), with `mnre_none_fraction` of them "None" pairs;
-    `m2e2_none_fraction` of the M2E2 sentences have no event.
+    `m2e2_none_fraction` of the M2E2 sentences have no event; `keep_calibration_out` draws none of the M2E2
+    sentences kept for calibrating the event decisions.
     """
     refuse_eval_split(split)
     out: list[InstructionExample] = []
@@ -347,9 +356,8 @@ def uie_examples(
         lines = balance_relations(read_mnre_for_tuning(split, root=root), counts["mnre_pairs"], mnre_none_fraction, seed)
         out += mnre_pair_examples(lines, split, stage, seed, options)
     if counts.get("m2e2"):
-        out += m2e2_examples(balance_m2e2(read_m2e2(split, root=root), counts["m2e2"], m2e2_none_fraction,
-                                                  seed), split, stage,
-                             seed, options)
+        pool = m2e2_pool(split, root, keep_calibration_out)
+        out += m2e2_examples(balance_m2e2(pool, counts["m2e2"], m2e2_none_fraction, seed), split, stage, seed, options)
     random.Random(f"mix-{seed}-{stage}").shuffle(out)
     return out
 

@@ -215,7 +215,7 @@ def build_examples(config: TrainConfig, encoded: Sequence[str] = ()) -> list[Ins
         examples += caption_examples(pairs, data.split, data.seed)
     elif any(counts.values()):
         examples += uie_examples(data.split, counts, data.seed, stage, options, data.root, data.mnre_none_fraction,
-                                 data.m2e2_none_fraction)
+                                 data.m2e2_none_fraction, data.keep_calibration_out)
     if stage != 2:
         examples += decision_examples(data, options)
     if stage == 4 and data.invocation:
@@ -266,14 +266,15 @@ def decision_examples(data: Any, options: BuildOptions) -> list[InstructionExamp
 
 def _sentences(data: Any, count: int, salt: str = "") -> list:
     """`count` train sentences drawn evenly from GMNER, M2E2 (with events) and MNRE (grouped by sentence)."""
-    from reamo.tuning.data import balance_m2e2, group_mnre, sample
+    from reamo.tuning.data import balance_m2e2, group_mnre, m2e2_pool, sample
 
-    from reamo.datasets import read_gmner, read_m2e2, read_mnre_for_tuning
+    from reamo.datasets import read_gmner, read_mnre_for_tuning
 
     share = [count // 3 + (1 if i < count % 3 else 0) for i in range(3)]
     seed = f"{data.seed}{salt}"
     picked = sample(read_gmner(data.split, root=data.root), share[0], seed, "inv-gmner")
-    picked += balance_m2e2(read_m2e2(data.split, root=data.root), share[1], 0.2, seed)  # type: ignore[arg-type]
+    picked += balance_m2e2(m2e2_pool(data.split, data.root, data.keep_calibration_out), share[1], 0.2,
+                           seed)  # type: ignore[arg-type]
     picked += sample(group_mnre(read_mnre_for_tuning(data.split, root=data.root)), share[2], seed, "inv-mnre")
     random.Random(f"sentences-{seed}").shuffle(picked)
     return picked
