@@ -525,9 +525,11 @@ def evaluate(
 
 
 # Options both calibration commands take (the model, the recipe whose sentences stay out, the settings file).
-# The shipped default's six tuning passes; the recipes ship in the installed package (reamo.tuning, configs/).
+# The shipped default's six tuning passes and its writer's pass; the recipes ship in the installed package
+# (reamo.tuning, configs/).
 _DEFAULT_RECIPES = ("default_smollm2.yaml", "default_smollm2_more.yaml", "default_smollm2_third.yaml",
-                    "default_smollm2_fourth.yaml", "default_smollm2_fifth.yaml", "default_smollm2_sixth.yaml")
+                    "default_smollm2_fourth.yaml", "default_smollm2_fifth.yaml", "default_smollm2_sixth.yaml",
+                    "default_smollm2_writer.yaml")
 _TUNING_RECIPES = typer.Option(
     None,
     "--config",

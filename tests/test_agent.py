@@ -123,20 +123,24 @@ def test_embedded_default_extracts_a_parsed_result() -> None:
     assert message["role"] == "assistant" and isinstance(message["content"], str)
 
 
-def test_a_writer_adapter_shipped_beside_the_default_writes_its_answers(tmp_path, monkeypatch) -> None:
-    """A `writer_adapter/` in the package is loaded into its own copy of the LLM (folded in, as the adapter is);
-    with the shipped adapter itself as the writer the default writes exactly what it writes alone."""
+def test_the_default_loads_its_shipped_writer_adapter(tmp_path, monkeypatch) -> None:
+    """The package's `writer_adapter/` is loaded into its own copy of the LLM (folded in, as the adapter is); a
+    package without one runs on the adapter alone, and with the shipped adapter itself as the writer the default
+    writes exactly what it writes alone (the writer changes who writes, nothing else)."""
     import shutil
 
     from reamo.model import embedded_default
 
+    shipped = Agent.from_pretrained("default", max_new_tokens=60)
+    assert shipped.model.writer_llm is not None and shipped.model.writer_llm is not shipped.model.llm
+    assert not any("lora_" in name for name, _ in shipped.model.writer_llm.named_parameters())  # folded in
+    monkeypatch.setattr(embedded_default, "SHIPPED_WRITER", tmp_path / "no_writer")
     alone = Agent.from_pretrained("default", max_new_tokens=60)
-    assert alone.model.writer_llm is None  # none is shipped
+    assert alone.model.writer_llm is None
     shutil.copytree(embedded_default.SHIPPED_ADAPTER, tmp_path / "writer_adapter")
     monkeypatch.setattr(embedded_default, "SHIPPED_WRITER", tmp_path / "writer_adapter")
     agent = Agent.from_pretrained("default", max_new_tokens=60)
-    assert agent.model.writer_llm is not None and agent.model.writer_llm is not agent.model.llm
-    assert not any("lora_" in name for name, _ in agent.model.writer_llm.named_parameters())  # folded in
+    assert agent.model.writer_llm is not None
     written = agent.extract(text=TEXT, tasks=("ner", "re"))
     assert written.raw_output == alone.extract(text=TEXT, tasks=("ner", "re")).raw_output
     assert {("Rafael Nadal", "PER"), ("Mery Perello", "PER")} <= {(e.text, e.type) for e in written.entities}

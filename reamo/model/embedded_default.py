@@ -41,7 +41,7 @@ EMBEDDED_NAMES = DEFAULT_NAMES + BASE_NAMES + GEMMA_NAMES  # every name that is 
 SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "weights" / "default" / "adapter"
 # Where the package holds one, the adapter that writes the default's free-text answers (entities, tool calls) while
 # `SHIPPED_ADAPTER` makes every scored decision (`ReamoModel.add_writer`); a maintainer ships one with `reamo
-# export-adapter F --out reamo/weights/default/writer_adapter`. None is shipped: see the model card for those tried
+# export-adapter F --out reamo/weights/default/writer_adapter`. The shipped one is the writer pass (model card).
 SHIPPED_WRITER = SHIPPED_ADAPTER.parent / "writer_adapter"
 # Agent settings calibrated for that adapter (e.g. the given-pair relation threshold), shipped with the package
 # (a maintainer re-calibrates with `reamo calibrate-pairs --out reamo/weights/default/settings.json`); keys are
