@@ -20,13 +20,19 @@ from reamo.datasets import (
     M2E2_EVENT_TYPES,
     MNRE_SHORT_RELATION_TYPES,
     Example,
-    m2e2_calibration_held_out,
-    read_m2e2,
 )
 from reamo.ontology import event_roles, is_symmetric
 from reamo.prompting import argument_question, trigger_question
 from reamo.schema import Argument, Event, Labels, Mention, Relation
-from reamo.tuning.data import BuildOptions, InstructionExample, make_example, refuse_eval_split, short_relations, vary_labels
+from reamo.tuning.data import (
+    BuildOptions,
+    InstructionExample,
+    m2e2_pool,
+    make_example,
+    refuse_eval_split,
+    short_relations,
+    vary_labels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ logger = logging.getLogger(__name__)
 def m2e2_for_decisions(split: str = "train", root: str | None = None) -> list[Example]:
     """M2E2 sentences the event decisions may be tuned on: the split without the calibration slice."""
     refuse_eval_split(split)
-    return [e for e in read_m2e2(split, root=root) if not m2e2_calibration_held_out(e)]
+    return m2e2_pool(split, root, keep_calibration_out=True)
 
 
 def build_trigger_lexicon(examples: Iterable[Example], source: str = "") -> TriggerLexicon:
