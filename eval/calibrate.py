@@ -28,6 +28,7 @@ from reamo.eval.runner import DATASETS, given_pair
 from tqdm.auto import tqdm
 
 from reamo.datasets import Example, mnre_calibration_held_out, read_m2e2, read_mnre
+from reamo.model.decision_heads import MarginChoice
 
 Recipes = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]  # one tuning recipe, or one per tuning pass
 
@@ -293,17 +294,9 @@ def calibrate_events(agent: Any, recipes: Recipes, out: str | os.PathLike[str],
 
 # -- decisions by candidate scoring: full triples, triggers, arguments --------------------------------------------
 
-class ThresholdCalibration(BaseModel):
+class ThresholdCalibration(MarginChoice):
     """A "something or None?" margin chosen for the best F1 over scored candidates of held-out train sentences."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    bias: float
-    f1: float
-    precision: float
-    recall: float
-    n_gold: int
-    n_candidates: int
     n_sentences: int
     n_excluded_texts: int = 0
     # 90% interval of the held-out F1 at `bias` when the sentences are redrawn (bootstrap): how far a slice this
@@ -345,13 +338,17 @@ def _interval_note(calibration: ThresholdCalibration) -> str:
     return f"90% interval {low:.3f}-{high:.3f} redrawing the sentences"
 
 
-def best_threshold(scored: Sequence[tuple[float, bool]], n_gold: int, n_sentences: int = 0) -> ThresholdCalibration:
+def best_threshold(scored: Sequence[tuple[float, bool]], n_gold: int, n_sentences: int = 0,
+                   at: float | None = None) -> ThresholdCalibration:
     """The margin (a midpoint between observed margins) with the best F1 of the candidates above it; among equal
-    F1 the higher margin (fewer answers: a wrong confident answer is worse than none)."""
+    F1 the higher margin (fewer answers: a wrong confident answer is worse than none). `at`: that margin instead,
+    with what it scores here (a margin chosen elsewhere, checked on these candidates)."""
     margins = sorted({round(m, 4) for m, _ in scored})
     candidates = [(a + b) / 2 for a, b in zip(margins, margins[1:])] + ([margins[-1] + 1.0] if margins else [0.0])
     if margins:
         candidates.insert(0, margins[0] - 1.0)
+    if at is not None:
+        candidates = [at]
 
     def prf(bias: float) -> tuple[float, float, float]:
         kept = [correct for margin, correct in scored if margin > bias]
@@ -534,8 +531,10 @@ def _event_thresholds(agent: Any, examples: Sequence[Example], trigger_head: Any
     finally:
         agent.trigger_head, agent.argument_head = heads
     trigger_sentences = [([(m, c) for m, c, _ in s.triggers], s.n_triggers) for s in sentences]
+    out_of_fold = getattr(trigger_head.config, "out_of_fold", None) if trigger_head is not None else None
     triggers = best_threshold([c for scored, _ in trigger_sentences for c in scored],
-                              sum(s.n_triggers for s in sentences), len(examples))
+                              sum(s.n_triggers for s in sentences), len(examples),
+                              at=out_of_fold.bias if out_of_fold is not None else None)
     triggers = _with_interval(triggers, trigger_sentences)
     argument_sentences = [([a for m, _, args in s.triggers if m > triggers.bias for a in args], s.n_arguments)
                           for s in sentences]
@@ -577,8 +576,12 @@ def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLi
     if trigger_head is not None:
         results["trigger_head"], _ = thresholds(True, False)
         use_trigger_head = results["trigger_head"].f1 >= results["trigger"].f1
-        writes.append(("trigger_head", "trigger", f"margins of the trigger head (layer {trigger_head.config.layer}, "
-                       "`reamo fit-trigger-head`)", "trigger_head_calibration"))
+        out_of_fold = trigger_head.config.out_of_fold
+        chosen = (f"the margin is the head's out-of-fold one, chosen at fit time on its {out_of_fold.n_candidates} "
+                  f"candidates ({out_of_fold.n_gold} gold triggers, {out_of_fold.folds} folds by sentence: F1 "
+                  f"{out_of_fold.f1:.3f} there), checked here" if out_of_fold is not None else "")
+        writes.append(("trigger_head", "trigger", f"margins of the trigger head ({trigger_head.config.describe_reads()}"
+                       f", `reamo fit-trigger-head`){'; ' + chosen if chosen else ''}", "trigger_head_calibration"))
         writes.append(("trigger", "trigger", "margins of rank classification (requests with event types the trigger "
                        "head was not fitted on)", "trigger_calibration"))
     else:
@@ -589,8 +592,9 @@ def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLi
                    "argument_calibration"))
     if argument_head is not None:
         results["argument_head"] = thresholds(use_trigger_head, True)[1]
-        writes.append(("argument_head", "argument", f"margins of the argument head (layer "
-                       f"{argument_head.config.layer}, `reamo fit-argument-head`), on the events {events_by} keeps",
+        writes.append(("argument_head", "argument", f"margins of the argument head ("
+                       f"{argument_head.config.describe_reads()}, `reamo fit-argument-head`), on the events "
+                       f"{events_by} keeps",
                        "argument_head_calibration"))
     results = {name: c.model_copy(update={"n_excluded_texts": len(excluded)}) for name, c in results.items()}
     for name, what, how, details in writes:

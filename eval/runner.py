@@ -340,7 +340,7 @@ def _decider(head: Any, head_name: str, head_bias: float | None, bias: float | N
              labels: Sequence[Sequence[str]]) -> str:
     """How one kind of decision is made for a dataset whose requests ask among each of `labels`."""
     if head is not None and head_bias is not None and all(head.covers(options) for options in labels):
-        return (f"the {head_name.replace('_', ' ')} (layer {head.config.layer} of the LLM, "
+        return (f"the {head_name.replace('_', ' ')} (the LLM's {head.config.describe_reads()}, "
                 f"`reamo fit-{head_name.replace('_', '-')}`) with margin {head_bias}")
     return f"rank classification of the model's answers with margin {bias}"
 

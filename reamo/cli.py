@@ -374,11 +374,13 @@ def _head_weight_decay(default: float) -> Any:
     return typer.Option(default, "--weight-decay", min=0.0, help="L2 penalty of the fit.")
 
 
-def _fit_head(model: str, max_new_tokens: int, layer: int, fit: Any) -> Any:
-    """Load the model, refuse a --layer it lacks, fit a decision head with `fit(agent)`; errors end the command."""
+def _fit_head(model: str, max_new_tokens: int, layer: Any, fit: Any) -> Any:
+    """Load the model, refuse a --layer it lacks, fit a decision head with `fit(agent)`; errors end the command.
+    `layer`: one layer, or the head's reads."""
     try:
         agent = _load_agent(model, max_new_tokens)
         layers = agent.model.llm.config.get_text_config().num_hidden_layers
+        layer = layer if isinstance(layer, int) else max(read.layer for read in layer)
         if layer > layers:
             _fail(f"--layer {layer}: the model has {layers} layers; choose 1-{layers}")
         return fit(agent)
@@ -389,7 +391,7 @@ def _fit_head(model: str, max_new_tokens: int, layer: int, fit: Any) -> Any:
 _M2E2_HEAD_LIMIT = typer.Option(None, "--limit", min=10, help="Only the first N M2E2 train sentences.")
 
 
-def _fit_m2e2_head(out: Path, model: str, layer: int, weight_decay: float, limit: Optional[int], fitter: Any,
+def _fit_m2e2_head(out: Path, model: str, layer: Any, weight_decay: float, limit: Optional[int], fitter: Any,
                    name: str, counted: str) -> None:
     """Fit a head with `fitter` on the M2E2 train sentences the event decisions are tuned on; save it as `name`."""
     from reamo.tuning.decisions import m2e2_for_decisions
@@ -410,16 +412,24 @@ def _fit_m2e2_head(out: Path, model: str, layer: int, weight_decay: float, limit
 def fit_trigger_head_command(
     out: Path = _head_out("trigger_head"),
     model: str = _CALIBRATED_MODEL,
-    layer: int = _head_layer(head_defaults.DEFAULT_TRIGGER_LAYER),
+    layers: list[int] = typer.Option(list(head_defaults.DEFAULT_TRIGGER_LAYERS), "--layer", min=1,
+                                     help="A hidden state read at the answer start (0 = embeddings); repeat for "
+                                          "several, concatenated."),
+    question_end_layers: list[int] = typer.Option(
+        list(head_defaults.DEFAULT_TRIGGER_QUESTION_END_LAYERS), "--question-end-layer", min=1,
+        help="A hidden state read at the trigger word's last token in the question; repeat for several."),
+    no_question_end: bool = typer.Option(False, "--no-question-end", help="Read the answer start only."),
     weight_decay: float = _head_weight_decay(head_defaults.DEFAULT_WEIGHT_DECAY),
     limit: Optional[int] = _M2E2_HEAD_LIMIT,
 ) -> None:
-    """Fit the trigger head (event type of a trigger candidate read from the LLM's hidden state) on the M2E2 train
-    sentences the event decisions are tuned on; then calibrate its margin with `reamo calibrate-events`."""
+    """Fit the trigger head (event type of a trigger candidate read from the LLM's hidden states) on the M2E2 train
+    sentences the event decisions are tuned on, with its out-of-fold "None" margin; then `reamo calibrate-events`
+    checks that margin on the held-out slice and calibrates the argument margins on the events it keeps."""
     from reamo.model.embedded_default import TRIGGER_HEAD_NAME
-    from reamo.tuning.heads import fit_trigger_head
+    from reamo.tuning.heads import fit_trigger_head, head_reads
 
-    _fit_m2e2_head(out, model, layer, weight_decay, limit, fit_trigger_head, TRIGGER_HEAD_NAME, "triggers")
+    reads = head_reads(layers, [] if no_question_end else question_end_layers)
+    _fit_m2e2_head(out, model, reads, weight_decay, limit, fit_trigger_head, TRIGGER_HEAD_NAME, "triggers")
 
 
 def _fit_mnre_head(out: Path, model: str, layer: int, weight_decay: float, limit: Optional[int], load: Any,

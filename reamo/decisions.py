@@ -59,7 +59,7 @@ def decide_options(agent: "Agent", items: Sequence[ScoringItem], options: Sequen
         assert head is not None
         start = head.config.answer_start
         states = agent.model.answer_start_states(
-            [items[k].model_copy(update={"continuations": [start]}) for k in asked], head.config.layer)
+            [items[k].model_copy(update={"continuations": [start]}) for k in asked], head.config.reads)
         groups: dict[tuple[str, ...], list[int]] = {}
         for row, k in enumerate(asked):
             groups.setdefault(tuple(options[k]), []).append(row)

@@ -117,8 +117,14 @@ def test_event_calibration_with_an_argument_head_compares_it_on_the_same_events(
 
     monkeypatch.setattr(calibrate, "training_texts", lambda recipes: {"a"})
     monkeypatch.setattr(calibrate, "held_out_m2e2_sentences", lambda excluded, limit, seed=0: ["s1"])
-    trigger_head = SimpleNamespace(config=SimpleNamespace(layer=24))
-    argument_head = SimpleNamespace(config=SimpleNamespace(layer=20))
+    from reamo.model.decision_heads import DecisionHeadConfig, OutOfFoldMargin
+
+    def config(layer: int) -> DecisionHeadConfig:
+        return DecisionHeadConfig(layer=layer, labels=["None", "Justice:Arrest-Jail"], hidden_size=8,
+                                  answer_start="Events:")
+
+    trigger_head = SimpleNamespace(config=config(24))
+    argument_head = SimpleNamespace(config=config(20))
     seen = []
     right_first, wrong_first = [(2.0, True), (1.0, False)], [(2.0, False), (1.0, True)]  # which has the higher margin
 
@@ -153,6 +159,14 @@ def test_event_calibration_with_an_argument_head_compares_it_on_the_same_events(
             assert written["argument_head_none_bias"] is None and 1.0 <= written["argument_none_bias"] < 2.0
             assert "not used" in written["_about"]["argument_head_none_bias"]
             assert AgentSettings(**read_settings(out)).argument_head_none_bias is None
+    # a trigger head with an out-of-fold margin keeps it: the slice only checks it (here it keeps the one trigger)
+    trigger_head.config.out_of_fold = OutOfFoldMargin(bias=2.5, f1=0.5, precision=0.5, recall=0.5, n_gold=800,
+                                                      n_candidates=6000, folds=5)
+    out = tmp_path / "settings-out-of-fold.json"
+    result = calibrate.calibrate_event_decisions(agent, [tmp_path / "r.yaml"], out)
+    written = json.loads(out.read_text())
+    assert written["trigger_head_none_bias"] == 2.5 and result["trigger_head"].f1 == 1.0
+    assert "out-of-fold one, chosen at fit time on its 6000 candidates" in written["_about"]["trigger_head_none_bias"]
 
 
 def test_event_calibration_passes_share_what_the_model_wrote(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,8 +218,8 @@ def test_the_eval_report_says_how_the_events_were_decided() -> None:
     settings = AgentSettings(trigger_none_bias=-0.5, trigger_head_none_bias=-1.0, argument_none_bias=-0.7,
                              argument_head_none_bias=-0.9)
     note, = _event_notes(agent, settings, spec)
-    assert "decided by the trigger head (layer 1 of the LLM, `reamo fit-trigger-head`) with margin -1.0" in note
-    assert "decided by the argument head (layer 1 of the LLM, `reamo fit-argument-head`) with margin -0.9" in note
+    assert "decided by the trigger head (the LLM's layer 1 at the answer start, `reamo fit-trigger-head`) with margin -1.0" in note
+    assert "decided by the argument head (the LLM's layer 1 at the answer start, `reamo fit-argument-head`) with margin -0.9" in note
     settings.argument_head_none_bias = None  # not calibrated (or it lost): the ranking decides roles
     assert "role of its type or none, decided by rank classification of the model's answers with margin -0.7" in \
         _event_notes(agent, settings, spec)[0]

@@ -3,15 +3,19 @@ the fit learns, it survives a save, and the event decisions use it exactly where
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+from conftest import run_cli
 
 from reamo.agent import Agent, AgentSettings
 from reamo.candidates import TriggerLexicon
 from reamo.datasets import Example
 from reamo.decisions import question_segment, segment_item
 from reamo.model import ReamoConfig, ReamoModel
-from reamo.model.decision_heads import DecisionHead, DecisionHeadConfig
+from reamo.model.decision_heads import DecisionHead, DecisionHeadConfig, StateRead
 from reamo.prompting import trigger_question
 from reamo.schema import Event, Labels, Mention, Result, TextSpan
 from reamo.tools.registry import ToolRegistry
@@ -51,6 +55,41 @@ def test_answer_start_states_equal_a_plain_forward(agent: Agent) -> None:
             torch.testing.assert_close(state, plain.float(), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="one continuation"):
         model.answer_start_states([items[0].model_copy(update={"continuations": ["a", "b"]})], 1)
+
+
+def test_a_head_reads_several_layers_and_the_question_end(agent: Agent) -> None:
+    """The states of several reads are concatenated in order; "question_end" is the candidate word's last token
+    (found here by tokenizing the prompt up to the word, independently of the chat template's turn end)."""
+    request = agent.prepare(TEXT, tasks=("ee",), labels=LABELS)
+    window = request.text_segments[0].window
+    words = ("arrested", "met", "a much longer candidate phrase")
+    items = [segment_item(question_segment(agent, request, window, ("ee",), question=trigger_question(word)),
+                          ["Events:"], None) for word in words]
+    model = agent.model
+    last = model.llm.config.num_hidden_layers
+    reads = [StateRead(layer=1), StateRead(layer=last), StateRead(layer=1, at="question_end")]
+    states = model.answer_start_states(items, reads, batch_size=2)
+    hidden = model.llm.config.hidden_size
+    assert states.shape == (3, 3 * hidden)
+    for item, word, state in zip(items, words, states, strict=True):
+        ids = model.tokenize_with_placeholders(item.prompt) + model.tokenizer(
+            "Events:", add_special_tokens=False)["input_ids"]
+        question_end = len(model.tokenize_with_placeholders(item.prompt[:item.prompt.rindex(word) + len(word)])) - 1
+        with torch.no_grad():
+            plain = model.llm(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        expected = torch.cat([plain[1][0, -1], plain[last][0, -1], plain[1][0, question_end]]).float()
+        torch.testing.assert_close(state, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(states[:, :hidden], states[:, 2 * hidden:])  # not the answer start read twice
+
+
+def test_a_head_saved_with_one_layer_reads_the_answer_start() -> None:
+    legacy = {"layer": 24, "labels": ["None", "Contact:Meet"], "hidden_size": 8, "answer_start": "Events:"}
+    config = DecisionHeadConfig.model_validate(legacy)
+    assert config.reads == [StateRead(layer=24)] and config.input_size == 8 and config.out_of_fold is None
+    several = DecisionHeadConfig.model_validate({**legacy, "reads": [{"layer": 20}, {"layer": 24, "at": "question_end"}]})
+    assert several.layer == 20 and several.input_size == 16
+    assert several.describe_reads() == "layer 20 at the answer start + layer 24 at the question's end"
+    assert DecisionHead(several).classifier.in_features == 16
 
 
 def test_fit_learns_separable_states_and_survives_a_save(tmp_path) -> None:
@@ -122,11 +161,19 @@ def test_fit_trigger_head_labels_candidates_by_their_gold_span(agent: Agent) -> 
     gold = Result(events=[Event(type="Justice:Arrest-Jail", trigger=Mention(
         text="arrested", span=TextSpan(start=start, end=start + len("arrested"))))])
     examples = [Example(id=f"m2e2:train:{n}", text=TEXT, gold=gold, source="m2e2", split="train") for n in range(2)]
-    states, targets = trigger_states(agent, examples, TYPES, layer=1)
+    states, targets, sentences = trigger_states(agent, examples, TYPES, layer=1)
     assert targets == ["Justice:Arrest-Jail", None] * 2 and states.shape == (4, agent.model.llm.config.hidden_size)
+    assert sentences == [0, 0, 1, 1]
     head = fit_trigger_head(agent, examples, TYPES, layer=1)
     assert head.config.n_examples == 4 and head.config.n_positive == 2 and head.config.labels == ["None", *TYPES]
     assert head(states).argmax(-1).tolist() == [1, 0, 1, 0]
+    # its "None" margin chosen out of fold: each sentence decided by a head fitted on the other one
+    out_of_fold = head.config.out_of_fold
+    assert out_of_fold is not None and out_of_fold.n_gold == 2 and out_of_fold.n_candidates == 4
+    assert out_of_fold.f1 == 1.0 and out_of_fold.folds == 5  # the two sentences are the same text
+    two_reads = [StateRead(layer=1), StateRead(layer=1, at="question_end")]
+    assert fit_trigger_head(agent, examples, TYPES, layer=two_reads, folds=0).config.out_of_fold is None
+    assert trigger_states(agent, examples, TYPES, layer=two_reads).states.shape[1] == 2 * states.shape[1]
     no_events = [e.model_copy(update={"gold": Result()}) for e in examples]
     with pytest.raises(ValueError, match="candidates that are triggers"):
         fit_trigger_head(agent, no_events, TYPES, layer=1)
@@ -153,3 +200,24 @@ def test_a_broken_or_foreign_head_is_a_clear_error(tmp_path) -> None:
         head.check_fits(32, 4, "here")
     with pytest.raises(ConfigError, match="fitted on another model"):
         DecisionHead(head_config(16, layer=9)).check_fits(16, 4, "here")
+
+
+def test_fit_trigger_head_command_writes_its_reads_and_out_of_fold_margin(tiny_model_folder: Path) -> None:
+    folder = tiny_model_folder
+    refused = run_cli("fit-trigger-head", str(folder), "--model", str(folder), "--layer", "1", "--question-end-layer",
+                      "99")
+    assert refused.exit_code == 2 and "--layer 99" in refused.output
+    assert not (folder / "trigger_head.safetensors").exists()
+    done = run_cli("fit-trigger-head", str(folder), "--model", str(folder), "--layer", "1", "--layer", "2",
+                   "--question-end-layer", "1", "--limit", "40")
+    assert done.exit_code == 0, done.output
+    head = Agent.from_pretrained(str(folder)).trigger_head
+    assert head is not None and [(r.layer, r.at) for r in head.config.reads] == [
+        (1, "answer_start"), (2, "answer_start"), (1, "question_end")]
+    out_of_fold = head.config.out_of_fold
+    assert out_of_fold is not None and out_of_fold.folds == 5 and out_of_fold.n_candidates == head.config.n_examples
+    from reamo.tuning.decisions import m2e2_for_decisions
+
+    sentences = m2e2_for_decisions("train")[:40]  # every gold trigger counts, those no candidate offers too
+    assert out_of_fold.n_gold == sum(1 for e in sentences for event in e.gold.events if event.trigger.span) > 0
+    assert 0 < head.config.n_positive < head.config.n_examples

@@ -161,6 +161,9 @@ def test_best_threshold_prefers_the_higher_margin_among_equal_f1() -> None:
     none_right = best_threshold([(1.0, False), (0.5, False)], n_gold=0)
     assert none_right.bias == pytest.approx(2.0) and none_right.precision == 0.0
     assert best_threshold([], n_gold=3).f1 == 0.0
+    # a margin chosen elsewhere (a head's out-of-fold one) is kept, with what it scores on these candidates
+    given = best_threshold(scored, n_gold=4, n_sentences=2, at=1.5)
+    assert given.bias == 1.5 and given.precision == 1.0 and given.recall == 0.5 and given.f1 == pytest.approx(2 / 3)
 
 
 @pytest.mark.needs_data

@@ -344,7 +344,7 @@ def test_scores_and_answer_start_states_with_media_equal_a_plain_forward(tiny_mo
                              media={"image": media["image"]})
     plain = ScoringItem(prompt=prefix + "Who? ASSISTANT:", prefix=prefix, continuations=[" Nadal"])
     scores = tiny_model.score_continuations([with_image, plain])
-    states = tiny_model.answer_start_states([with_image, plain], layer=1)
+    states = tiny_model.answer_start_states([with_image, plain], 1)
     for item, (score,), state in zip((with_image, plain), scores, states, strict=True):
         prompt_ids = tiny_model.tokenize_with_placeholders(item.prompt)
         answer = tiny_model.tokenizer(" Nadal", add_special_tokens=False)["input_ids"]

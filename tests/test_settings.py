@@ -173,10 +173,12 @@ def test_event_calibration_with_a_trigger_head_calibrates_the_head_and_the_ranki
     from types import SimpleNamespace
 
     from reamo.eval import calibrate
+    from reamo.model.decision_heads import DecisionHeadConfig
 
     monkeypatch.setattr(calibrate, "training_texts", lambda recipes: {"a"})
     monkeypatch.setattr(calibrate, "held_out_m2e2_sentences", lambda excluded, limit, seed=0: ["s1", "s2"])
-    head = SimpleNamespace(config=SimpleNamespace(layer=24))
+    head = SimpleNamespace(config=DecisionHeadConfig(layer=24, labels=["None", "Contact:Meet"], hidden_size=8,
+                                                     answer_start="Events:"))
     by_head = [calibrate.ScoredEventSentence(triggers=[(3.0, True, [(0.5, True)]), (2.0, False, [])], n_triggers=1,
                                              n_arguments=1)]
     by_ranking = [calibrate.ScoredEventSentence(triggers=[(-0.5, True, [(-3.0, False)]), (-1.5, False, [])],

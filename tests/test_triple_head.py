@@ -164,8 +164,8 @@ def test_the_triples_report_says_which_head_decided() -> None:
     every = ["None", *DATASETS["mnre"].labels.relation_types]
     for head in (triple_head, relation_head):
         head.config = head.config.model_copy(update={"labels": every})
-    assert "the triple head (layer 1 of the LLM, `reamo fit-triple-head`) with margin -1.2" in _triple_notes(
-        agent, settings)[0]
+    assert ("the triple head (the LLM's layer 1 at the answer start, `reamo fit-triple-head`) with margin -1.2"
+            in _triple_notes(agent, settings)[0])
     agent.triple_head = None
-    assert "the relation head (layer 1" in _triple_notes(agent, settings)[0]
+    assert "the relation head (the LLM's layer 1 at the answer start" in _triple_notes(agent, settings)[0]
     assert "freely" in _triple_notes(agent, AgentSettings())[0]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -48,12 +48,14 @@ from reamo.head_defaults import (
     DEFAULT_ARGUMENT_WEIGHT_DECAY,
     DEFAULT_RELATION_LAYER,
     DEFAULT_RELATION_WEIGHT_DECAY,
-    DEFAULT_TRIGGER_LAYER,
+    DEFAULT_FOLDS,
+    DEFAULT_TRIGGER_LAYERS,
+    DEFAULT_TRIGGER_QUESTION_END_LAYERS,
     DEFAULT_TRIPLE_LAYER,
     DEFAULT_TRIPLE_WEIGHT_DECAY,
     DEFAULT_WEIGHT_DECAY,
 )
-from reamo.model.decision_heads import NO_LABEL, DecisionHead, DecisionHeadConfig
+from reamo.model.decision_heads import NO_LABEL, DecisionHead, DecisionHeadConfig, OutOfFoldMargin, StateRead
 from reamo.ontology import event_roles, is_symmetric
 from reamo.schema import Entity, Event, Labels, Result
 
@@ -68,42 +70,98 @@ ARGUMENT_ANSWER_START = "Events:"
 TRIPLE_ANSWER_START = "Relations:"
 
 
-def trigger_states(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str], layer: int,
-                   batch_size: int = 32) -> tuple[torch.Tensor, list[str | None]]:
-    """The hidden state at the answer start of every trigger candidate's decision prompt in `examples`, and the
-    event type of the gold trigger with the candidate's exact span (None when it is no trigger)."""
+def head_reads(layers: Sequence[int], question_end_layers: Sequence[int] = ()) -> list[StateRead]:
+    """The reads of a head: `layers` at the answer start, then `question_end_layers` at the question's end."""
+    return [*(StateRead(layer=layer) for layer in layers),
+            *(StateRead(layer=layer, at="question_end") for layer in question_end_layers)]
+
+
+DEFAULT_TRIGGER_READS = head_reads(DEFAULT_TRIGGER_LAYERS, DEFAULT_TRIGGER_QUESTION_END_LAYERS)
+
+
+class CandidateStates(NamedTuple):
+    """What a decision head is fitted on: each candidate's hidden states, its gold answer (None: "None") and the
+    index of the sentence it comes from (folds are drawn by sentence)."""
+
+    states: torch.Tensor
+    targets: list[str | None]
+    sentences: list[int]
+
+
+def trigger_states(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str],
+                   layer: int | Sequence[StateRead], batch_size: int = 32) -> CandidateStates:
+    """The hidden states (`layer`: one layer at the answer start, or the head's reads) of every trigger candidate's
+    decision prompt in `examples`, the event type of the gold trigger with the candidate's exact span (None when it
+    is no trigger) and the candidate's sentence."""
     labels = Labels(entity_types=list(M2E2_ENTITY_TYPES), event_types=list(event_types))
     states: list[torch.Tensor] = []
     targets: list[str | None] = []
+    sentences: list[int] = []
     for start in tqdm(range(0, len(examples), batch_size), desc="trigger head states", disable=None):
         chunk = examples[start:start + batch_size]
         requests = [agent.prepare(e.text, tasks=("ee",), labels=labels) for e in chunk]
-        windows = [(example, request, segment.window) for example, request in zip(chunk, requests, strict=True)
+        windows = [(start + k, example, request, segment.window)
+                   for k, (example, request) in enumerate(zip(chunk, requests, strict=True))
                    for segment in request.text_segments]
         items = []
-        for (example, request, window), words in zip(windows, tag([w.text for _, _, w in windows]), strict=True):
+        for (sentence, example, request, window), words in zip(windows, tag([w.text for *_, w in windows]),
+                                                                strict=True):
             gold = {(e.trigger.span.start, e.trigger.span.end): e.type for e in example.gold.events if e.trigger.span}
             for candidate, item in trigger_items(agent, request, window, words, agent.trigger_lexicon,
                                                  [TRIGGER_ANSWER_START]):
                 assert candidate.span is not None
                 items.append(item)
                 targets.append(gold.get((candidate.span.start + window.start, candidate.span.end + window.start)))
+                sentences.append(sentence)
         if items:
             states.append(agent.model.answer_start_states(items, layer))
-    hidden = agent.model.llm.config.get_text_config().hidden_size
-    return (torch.cat(states) if states else torch.zeros(0, hidden)), targets
+    hidden = agent.model.llm.config.get_text_config().hidden_size * (1 if isinstance(layer, int) else len(layer))
+    return CandidateStates(torch.cat(states) if states else torch.zeros(0, hidden), targets, sentences)
 
 
 def fit_trigger_head(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str] = M2E2_EVENT_TYPES,
-                     layer: int = DEFAULT_TRIGGER_LAYER, weight_decay: float = DEFAULT_WEIGHT_DECAY,
-                     source: str = "") -> DecisionHead:
-    """A trigger head for `agent`'s model, fitted on the candidates of `examples` (see `trigger_states`)."""
-    states, targets = trigger_states(agent, examples, event_types, layer)
-    head = fit_head(states, targets, list(event_types), layer, weight_decay, TRIGGER_ANSWER_START, source,
-                    f"candidates that are triggers and candidates that are not, from {len(examples)} sentences")
-    logger.info("trigger head fitted on %d candidates (%d triggers) of %d sentences, layer %d", len(targets),
-                head.config.n_positive, len(examples), layer)
+                     layer: int | Sequence[StateRead] = DEFAULT_TRIGGER_READS,
+                     weight_decay: float = DEFAULT_WEIGHT_DECAY, source: str = "",
+                     folds: int = DEFAULT_FOLDS) -> DecisionHead:
+    """A trigger head for `agent`'s model, fitted on the candidates of `examples` (see `trigger_states`), with the
+    "None" margin of its best out-of-fold trigger F1 on them (`out_of_fold_margin`; `folds` < 2: none)."""
+    states, targets, sentences = trigger_states(agent, examples, event_types, layer)
+    needs = f"candidates that are triggers and candidates that are not, from {len(examples)} sentences"
+    head = fit_head(states, targets, list(event_types), layer, weight_decay, TRIGGER_ANSWER_START, source, needs)
+    if folds >= 2:
+        wanted = {t.casefold() for t in event_types}
+        n_gold = sum(1 for e in examples for event in e.gold.events
+                     if event.trigger.span and event.type.casefold() in wanted)
+        head.config.out_of_fold = out_of_fold_margin(head.config, states, targets, sentences, n_gold, folds)
+    logger.info("trigger head fitted on %d candidates (%d triggers) of %d sentences, %s", len(targets),
+                head.config.n_positive, len(examples), head.config.describe_reads())
     return head
+
+
+def out_of_fold_margin(config: DecisionHeadConfig, states: torch.Tensor, targets: Sequence[str | None],
+                       sentences: Sequence[int], n_gold: int, folds: int = DEFAULT_FOLDS) -> OutOfFoldMargin:
+    """The "None" margin with the best F1 when every candidate is decided by a head fitted (as `config` says) on the
+    other folds' sentences (contiguous runs of sentences): a margin chosen on thousands of the fit's own gold
+    answers instead of a held-out slice's few. `n_gold` counts every gold answer, those no candidate offers too."""
+    from reamo.eval.calibrate import best_threshold
+
+    options = config.labels
+    labels = torch.tensor([options.index(t) if t else 0 for t in targets])
+    n_sentences = max(sentences) + 1
+    fold_of = torch.tensor([sentence * folds // n_sentences for sentence in sentences])
+    scored: list[tuple[float, bool] | None] = [None] * len(targets)
+    for fold in range(folds):
+        held = (fold_of == fold).nonzero().flatten()
+        if not len(held):
+            continue
+        head = DecisionHead.fit(states[fold_of != fold], labels[fold_of != fold], config)
+        for row, (best, margin) in zip(held.tolist(), head.best_over_none(states[held], options[1:]), strict=True):
+            scored[row] = (margin, labels[row].item() == best + 1)
+    chosen = best_threshold([s for s in scored if s is not None], n_gold, n_sentences)
+    logger.info("out-of-fold margin %.3f: F1 %.3f (P %.3f / R %.3f) over %d folds, %d gold", chosen.bias, chosen.f1,
+                chosen.precision, chosen.recall, folds, n_gold)
+    return OutOfFoldMargin(bias=chosen.bias, f1=round(chosen.f1, 4), precision=round(chosen.precision, 4),
+                           recall=round(chosen.recall, 4), n_gold=n_gold, n_candidates=len(targets), folds=folds)
 
 
 def argument_roles(event_types: Sequence[str]) -> list[str]:
@@ -303,15 +361,18 @@ def fit_triple_head(agent: "Agent", examples: Sequence[Example], relation_types:
     return head
 
 
-def fit_head(states: torch.Tensor, targets: Sequence[str | None], labels: list[str], layer: int, weight_decay: float,
-             answer_start: str, source: str, needs: str) -> DecisionHead:
-    """A decision head over "None" + `labels` fitted on `states` with their `targets` (None = "None")."""
+def fit_head(states: torch.Tensor, targets: Sequence[str | None], labels: list[str], layer: int | Sequence[StateRead],
+             weight_decay: float, answer_start: str, source: str, needs: str) -> DecisionHead:
+    """A decision head over "None" + `labels` fitted on `states` with their `targets` (None = "None"); `layer`: the
+    one layer read at the answer start, or the head's reads (the states are theirs, concatenated)."""
     positives = sum(t is not None for t in targets)
     if not positives or positives == len(targets):
         raise ValueError(f"fitting a decision head needs {needs}; got {positives} of {len(targets)} with a label: "
                          "give more data")
     options = [NO_LABEL, *labels]
-    config = DecisionHeadConfig(layer=layer, labels=options, hidden_size=states.shape[1], answer_start=answer_start,
+    reads = [StateRead(layer=layer)] if isinstance(layer, int) else list(layer)
+    config = DecisionHeadConfig(layer=reads[0].layer, reads=reads, labels=options,
+                                hidden_size=states.shape[1] // len(reads), answer_start=answer_start,
                                 weight_decay=weight_decay, fitted_on=source, n_examples=len(targets),
                                 n_positive=positives)
     return DecisionHead.fit(states, torch.tensor([options.index(t) if t else 0 for t in targets]), config)

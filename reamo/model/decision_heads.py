@@ -1,13 +1,14 @@
-"""A linear classification head on the LLM's hidden state for one decision (which event type, if any, a trigger
+"""A linear classification head on the LLM's hidden states for one decision (which event type, if any, a trigger
 candidate triggers; which relation, if any, holds between an entity pair), as transformers'
 `*ForSequenceClassification` heads read the last token's state.
 
 Why a head beside rank classification: on M2E2 the tuned 135M model's own answer scores rank trigger candidates
 worse (the best dev trigger F1 at any margin is 39) than a multinomial logistic regression fitted on its layer-24
-state at the end of the decision prompt's "Events:" (46 at best; 41 at the margin chosen on held-out train
-sentences; model card). The head reads the state the LLM computes for the prompt anyway, costs one 576 x 9 matrix,
-and is fitted in seconds on the tuning sentences' candidates (`reamo fit-trigger-head`), not trained by gradient
-descent through the LLM.
+state at the end of the decision prompt's "Events:" (45 at best). A head may read several states (`StateRead`):
+other layers, and the question's end, the candidate word's last token, whose state has read the whole text before
+it (the trigger head reads five: 48 at best; model card). The states are ones the LLM computes for the prompt
+anyway; the head costs one matrix and is fitted in seconds on the tuning sentences' candidates
+(`reamo fit-trigger-head`), not trained by gradient descent through the LLM.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -29,20 +31,76 @@ from reamo.files import atomic_path, write_atomic
 NO_LABEL = "None"
 
 
-class DecisionHeadConfig(BaseModel):
-    """What a head reads (`layer`: the index into transformers' `hidden_states`, 0 = embeddings) and answers
-    (`labels`, "None" first), and how it was fitted."""
+StatePosition = Literal["answer_start", "question_end"]
+
+
+class StateRead(BaseModel):
+    """One hidden state a head reads: `layer` (the index into transformers' `hidden_states`, 0 = embeddings) at
+    `at`: the answer start's last token, or the last token of the user turn ("question_end": the question's
+    candidate, e.g. the trigger word, whose state has read the whole text before it)."""
 
     model_config = ConfigDict(extra="forbid")
 
     layer: int = Field(ge=0)
+    at: StatePosition = "answer_start"
+
+
+class MarginChoice(BaseModel):
+    """A "something or None?" margin and what it scores on the candidates it was chosen or checked on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bias: float
+    f1: float
+    precision: float
+    recall: float
+    n_gold: int
+    n_candidates: int
+
+
+class OutOfFoldMargin(MarginChoice):
+    """The "None" margin chosen at fit time for the best F1 of the fit's own candidates, each scored by a head
+    fitted without its sentence's fold: thousands of gold answers where a held-out slice may have twenty."""
+
+    folds: int
+
+
+class DecisionHeadConfig(BaseModel):
+    """What a head reads (`reads`, concatenated in order; a head saved before there were several reads has only
+    `layer`, read at the answer start) and answers (`labels`, "None" first), and how it was fitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int = Field(ge=0, description="the first read's layer")
+    reads: list[StateRead] = Field(default_factory=list)
     labels: list[str] = Field(min_length=2)
-    hidden_size: int = Field(ge=1)
+    hidden_size: int = Field(ge=1, description="the LLM's width: the head reads hidden_size x len(reads) numbers")
     answer_start: str = Field(description="the answer start whose last token's state the head reads")
     weight_decay: float = Field(default=0.01, ge=0)
     fitted_on: str = ""
     n_examples: int = 0
     n_positive: int = 0
+    out_of_fold: OutOfFoldMargin | None = None
+
+    @model_validator(mode="after")
+    def _one_read_at_least(self) -> "DecisionHeadConfig":
+        if not self.reads:
+            self.reads = [StateRead(layer=self.layer)]
+        self.layer = self.reads[0].layer
+        return self
+
+    @property
+    def input_size(self) -> int:
+        return self.hidden_size * len(self.reads)
+
+    def describe_reads(self) -> str:
+        """e.g. "layers 20, 24, 28 at the answer start + 20, 24 at the question's end"."""
+        parts = []
+        for at, name in (("answer_start", "at the answer start"), ("question_end", "at the question's end")):
+            layers = [str(r.layer) for r in self.reads if r.at == at]
+            if layers:
+                parts.append(f"{'layer' if len(layers) == 1 else 'layers'} {', '.join(layers)} {name}")
+        return " + ".join(parts)
 
 
 class DecisionHead(nn.Module):
@@ -53,9 +111,9 @@ class DecisionHead(nn.Module):
         if config.labels[0] != NO_LABEL:
             raise ValueError(f"a decision head's first label must be {NO_LABEL!r}, got {config.labels[0]!r}")
         self.config = config
-        self.register_buffer("mean", torch.zeros(config.hidden_size))
-        self.register_buffer("scale", torch.ones(config.hidden_size))
-        self.classifier = nn.Linear(config.hidden_size, len(config.labels))
+        self.register_buffer("mean", torch.zeros(config.input_size))
+        self.register_buffer("scale", torch.ones(config.input_size))
+        self.classifier = nn.Linear(config.input_size, len(config.labels))
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         states = states.to(self.mean.dtype)
@@ -82,15 +140,15 @@ class DecisionHead(nn.Module):
             max_iter: int = 200) -> "DecisionHead":
         """Maximum likelihood with an L2 penalty (`config.weight_decay` x squared weights) on standardised states,
         by L-BFGS: a convex problem, so the result does not depend on a seed or a learning rate."""
-        if states.ndim != 2 or states.shape[0] != targets.shape[0] or states.shape[1] != config.hidden_size:
-            raise ValueError(f"states must be [n, {config.hidden_size}] with one target each, got "
+        if states.ndim != 2 or states.shape[0] != targets.shape[0] or states.shape[1] != config.input_size:
+            raise ValueError(f"states must be [n, {config.input_size}] with one target each, got "
                              f"{tuple(states.shape)} and {tuple(targets.shape)}")
         head = cls(config)
         x = states.float()
         head.mean.copy_(x.mean(0))
         head.scale.copy_(x.std(0) + 1e-4)
         x = (x - head.mean) / head.scale
-        weight = torch.zeros(config.hidden_size, len(config.labels), requires_grad=True)
+        weight = torch.zeros(config.input_size, len(config.labels), requires_grad=True)
         bias = torch.zeros(len(config.labels), requires_grad=True)
         optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -134,8 +192,9 @@ class DecisionHead(nn.Module):
     def check_fits(self, hidden_size: int, layers: int, where: str, name: str = "trigger_head") -> None:
         """A ConfigError unless the head reads a state this model has (a head fitted on another model would fail
         at the first request, or silently read the wrong layer)."""
-        if self.config.hidden_size != hidden_size or not 0 <= self.config.layer <= layers:
-            raise ConfigError(f"the decision head {name!r} in {where} reads layer {self.config.layer} of width "
+        deepest = max(read.layer for read in self.config.reads)
+        if self.config.hidden_size != hidden_size or deepest > layers:
+            raise ConfigError(f"the decision head {name!r} in {where} reads layer {deepest} of width "
                               f"{self.config.hidden_size}, but the model has {layers} layers of width {hidden_size}: "
                               f"it was fitted on another model; refit it with {refit_command(name)}")
 

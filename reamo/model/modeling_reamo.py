@@ -31,6 +31,7 @@ from torch import nn
 
 from reamo.errors import CheckpointNotFoundError, ConfigError
 from reamo.files import atomic_folder
+from reamo.model.decision_heads import StateRead
 from reamo.model.imagebind_encoder import EncodedModality, ImageBindEncoder, ImageBindEncoderConfig
 from reamo.model.prompt_lookup import PromptLookup
 from reamo.model.shared_prefix import (
@@ -834,23 +835,35 @@ class ReamoModel(nn.Module):
             groups.setdefault(tuple(ids[:length]), []).append((index, ids[length:]))
         return groups, with_media
 
-    def answer_start_states(self, items: Sequence[ScoringItem], layer: int, batch_size: int = 16) -> torch.Tensor:
-        """For each item, the hidden state (`hidden_states[layer]`, 0 = embeddings) at the last token of its prompt
-        followed by its one continuation, the answer start ("Events:"): what a `DecisionHead` reads. Prompts share
-        their cached start as in `score_continuations`; the continuation is tokenized on its own, as in training."""
+    def answer_start_states(self, items: Sequence[ScoringItem], reads: int | Sequence[StateRead],
+                            batch_size: int = 16) -> torch.Tensor:
+        """For each item, the hidden states a `DecisionHead` reads after its prompt followed by its one continuation,
+        the answer start ("Events:"), concatenated in the order of `reads` (an int: that layer at the answer start
+        alone; 0 = embeddings): at the answer start's last token, or at the last token of the prompt's user turn
+        ("question_end", the question's candidate). Prompts share their cached start as in `score_continuations`;
+        the continuation is tokenized on its own, as in training."""
         if any(len(item.continuations) != 1 for item in items):
             raise ValueError("answer_start_states takes one continuation (the answer start) per item")
+        reads = [StateRead(layer=reads)] if isinstance(reads, int) else list(reads)
         out: list[torch.Tensor | None] = [None] * len(items)
         with self._lock, torch.no_grad():
-            sequences = {index: self.tokenize_with_placeholders(item.prompt)
-                         + self.tokenizer(item.continuations[0], add_special_tokens=False)["input_ids"]
+            continuations = {index: self.tokenizer(item.continuations[0], add_special_tokens=False)["input_ids"]
+                             for index, item in enumerate(items)}
+            sequences = {index: self.tokenize_with_placeholders(item.prompt) + continuations[index]
                          for index, item in enumerate(items)}
+            back = {index: self._question_end_offset(sequences[index], len(continuations[index]))
+                    for index in sequences} if any(r.at == "question_end" for r in reads) else {}
+
+            def gather(hidden: tuple[torch.Tensor, ...], row: int, last: int, index: int) -> torch.Tensor:
+                return torch.cat([hidden[r.layer][row, last - back[index] if r.at == "question_end" else last]
+                                  for r in reads]).float().cpu()
+
             groups, with_media = self._group_by_cached_prefix(items, sequences, keep_last=True)
             for index in with_media:  # media embeddings: each item on its own
                 embeds = self.embed(sequences[index], items[index].media or {}).unsqueeze(0)
                 hidden = self.llm(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
                                   device=self.device), output_hidden_states=True, logits_to_keep=1).hidden_states
-                out[index] = hidden[layer][0, -1].float().cpu()
+                out[index] = gather(hidden, 0, embeds.shape[1] - 1, index)
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             for key, members in groups.items():
                 key_values = self._prefix_key_values(key) if key else None
@@ -865,10 +878,31 @@ class ReamoModel(nn.Module):
                     if key_values is not None:
                         kwargs[self._cache_argument()] = self._cache_from(key_values, len(chunk))
                     hidden = self.llm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                                      output_hidden_states=True, logits_to_keep=1, **kwargs).hidden_states[layer]
+                                      output_hidden_states=True, logits_to_keep=1, **kwargs).hidden_states
                     for row, (index, rest) in enumerate(chunk):
-                        out[index] = hidden[row, len(rest) - 1].float().cpu()
+                        if back.get(index, 0) >= len(rest):
+                            raise ValueError("a question's end lies in the prompt start several items share; read "
+                                             "it at the answer start instead")
+                        out[index] = gather(hidden, row, len(rest) - 1, index)
         return torch.stack(out) if out else torch.zeros(0)  # type: ignore[arg-type]
+
+    @functools.cached_property
+    def _turn_end_ids(self) -> list[int]:
+        """The tokens the chat template puts between a user turn's text and the assistant's answer (end of turn,
+        assistant header): what `question_end` reads steps back over."""
+        marker = "\u2063question end\u2063"
+        text = self.render_prompt([{"role": "user", "content": marker}])
+        return self.tokenizer(text[text.rindex(marker) + len(marker):], add_special_tokens=False)["input_ids"]
+
+    def _question_end_offset(self, sequence: list[int], continuation: int) -> int:
+        """How many tokens before the answer start's last one the user turn's last token is, checked against the
+        template's turn end (a tokenizer that merged the question's last word into it would move the read)."""
+        turn_end = self._turn_end_ids
+        end = len(sequence) - continuation
+        if sequence[end - len(turn_end):end] != turn_end:
+            raise ValueError("the prompt does not end with the chat template's assistant header; a head reading the "
+                             "question's end needs prompts rendered with the model's own template")
+        return continuation + len(turn_end)
 
     def _score_tree(self, prefix_length: int, key_values: KeyValues | None,
                     chunk: list[tuple[int, list[int], list[list[int]]]], out: list[list[float]]) -> None:
