@@ -380,7 +380,9 @@ def _fit_head(model: str, max_new_tokens: int, layer: Any, fit: Any) -> Any:
     try:
         agent = _load_agent(model, max_new_tokens)
         layers = agent.model.llm.config.get_text_config().num_hidden_layers
-        layer = layer if isinstance(layer, int) else max(read.layer for read in layer)
+        from reamo.model.decision_heads import as_reads
+
+        layer = max(read.layer for read in as_reads(layer))
         if layer > layers:
             _fail(f"--layer {layer}: the model has {layers} layers; choose 1-{layers}")
         return fit(agent)

@@ -55,7 +55,14 @@ from reamo.head_defaults import (
     DEFAULT_TRIPLE_WEIGHT_DECAY,
     DEFAULT_WEIGHT_DECAY,
 )
-from reamo.model.decision_heads import NO_LABEL, DecisionHead, DecisionHeadConfig, OutOfFoldMargin, StateRead
+from reamo.model.decision_heads import (
+    NO_LABEL,
+    DecisionHead,
+    DecisionHeadConfig,
+    OutOfFoldMargin,
+    StateRead,
+    as_reads,
+)
 from reamo.ontology import event_roles, is_symmetric
 from reamo.schema import Entity, Event, Labels, Result
 
@@ -115,7 +122,7 @@ def trigger_states(agent: "Agent", examples: Sequence[Example], event_types: Seq
                 sentences.append(sentence)
         if items:
             states.append(agent.model.answer_start_states(items, layer))
-    hidden = agent.model.llm.config.get_text_config().hidden_size * (1 if isinstance(layer, int) else len(layer))
+    hidden = agent.model.llm.config.get_text_config().hidden_size * len(as_reads(layer))
     return CandidateStates(torch.cat(states) if states else torch.zeros(0, hidden), targets, sentences)
 
 
@@ -370,7 +377,7 @@ def fit_head(states: torch.Tensor, targets: Sequence[str | None], labels: list[s
         raise ValueError(f"fitting a decision head needs {needs}; got {positives} of {len(targets)} with a label: "
                          "give more data")
     options = [NO_LABEL, *labels]
-    reads = [StateRead(layer=layer)] if isinstance(layer, int) else list(layer)
+    reads = as_reads(layer)
     config = DecisionHeadConfig(layer=reads[0].layer, reads=reads, labels=options,
                                 hidden_size=states.shape[1] // len(reads), answer_start=answer_start,
                                 weight_decay=weight_decay, fitted_on=source, n_examples=len(targets),

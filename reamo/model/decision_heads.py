@@ -45,6 +45,12 @@ class StateRead(BaseModel):
     at: StatePosition = "answer_start"
 
 
+def as_reads(reads: int | Sequence[StateRead]) -> list[StateRead]:
+    """A head's reads from one layer (read at the answer start, as every head saved before there were reads) or a
+    sequence of reads."""
+    return [StateRead(layer=reads)] if isinstance(reads, int) else list(reads)
+
+
 class MarginChoice(BaseModel):
     """A "something or None?" margin and what it scores on the candidates it was chosen or checked on."""
 

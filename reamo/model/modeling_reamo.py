@@ -31,7 +31,7 @@ from torch import nn
 
 from reamo.errors import CheckpointNotFoundError, ConfigError
 from reamo.files import atomic_folder
-from reamo.model.decision_heads import StateRead
+from reamo.model.decision_heads import StateRead, as_reads
 from reamo.model.imagebind_encoder import EncodedModality, ImageBindEncoder, ImageBindEncoderConfig
 from reamo.model.prompt_lookup import PromptLookup
 from reamo.model.shared_prefix import (
@@ -844,7 +844,7 @@ class ReamoModel(nn.Module):
         the continuation is tokenized on its own, as in training."""
         if any(len(item.continuations) != 1 for item in items):
             raise ValueError("answer_start_states takes one continuation (the answer start) per item")
-        reads = [StateRead(layer=reads)] if isinstance(reads, int) else list(reads)
+        reads = as_reads(reads)
         out: list[torch.Tensor | None] = [None] * len(items)
         with self._lock, torch.no_grad():
             continuations = {index: self.tokenizer(item.continuations[0], add_special_tokens=False)["input_ids"]
