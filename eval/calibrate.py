@@ -339,16 +339,20 @@ def _interval_note(calibration: ThresholdCalibration) -> str:
 
 
 def best_threshold(scored: Sequence[tuple[float, bool]], n_gold: int, n_sentences: int = 0,
-                   at: float | None = None) -> ThresholdCalibration:
+                   at: float | None = None, floor: float | None = None) -> ThresholdCalibration:
     """The margin (a midpoint between observed margins) with the best F1 of the candidates above it; among equal
     F1 the higher margin (fewer answers: a wrong confident answer is worse than none). `at`: that margin instead,
-    with what it scores here (a margin chosen elsewhere, checked on these candidates)."""
-    margins = sorted({round(m, 4) for m, _ in scored})
-    candidates = [(a + b) / 2 for a, b in zip(margins, margins[1:])] + ([margins[-1] + 1.0] if margins else [0.0])
-    if margins:
-        candidates.insert(0, margins[0] - 1.0)
+    with what it scores here (a margin chosen elsewhere, checked on these candidates). `floor`: only margins at or
+    above it (a bound the margin must keep, e.g. on invented events)."""
     if at is not None:
         candidates = [at]
+    else:
+        margins = sorted({round(m, 4) for m, _ in scored})
+        candidates = [(a + b) / 2 for a, b in zip(margins, margins[1:])] + ([margins[-1] + 1.0] if margins else [0.0])
+        if margins:
+            candidates.insert(0, margins[0] - 1.0)
+        if floor is not None:
+            candidates = [floor] + [c for c in candidates if c > floor]
 
     def prf(bias: float) -> tuple[float, float, float]:
         kept = [correct for margin, correct in scored if margin > bias]
@@ -543,6 +547,14 @@ def _event_thresholds(agent: Any, examples: Sequence[Example], trigger_head: Any
     return triggers, _with_interval(arguments, argument_sentences)
 
 
+def _invented_note(out_of_fold: Any) -> str:
+    if out_of_fold.invented is None:
+        return ""
+    bound = "" if out_of_fold.max_invented is None else f", held to at most {out_of_fold.max_invented:.1%}"
+    return (f"; {out_of_fold.invented:.1%} of its {out_of_fold.n_event_free} event-free sentences given an "
+            f"event{bound}")
+
+
 def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLike[str], limit: int = 500,
                               seed: int = 0) -> dict[str, ThresholdCalibration]:
     """Pick `trigger_none_bias` (best trigger F1) and then `argument_none_bias` (best argument F1 among the events
@@ -579,7 +591,8 @@ def calibrate_event_decisions(agent: Any, recipes: Recipes, out: str | os.PathLi
         out_of_fold = trigger_head.config.out_of_fold
         chosen = (f"the margin is the head's out-of-fold one, chosen at fit time on its {out_of_fold.n_candidates} "
                   f"candidates ({out_of_fold.n_gold} gold triggers, {out_of_fold.folds} folds by sentence: F1 "
-                  f"{out_of_fold.f1:.3f} there), checked here" if out_of_fold is not None else "")
+                  f"{out_of_fold.f1:.3f} there{_invented_note(out_of_fold)}), checked here"
+                  if out_of_fold is not None else "")
         writes.append(("trigger_head", "trigger", f"margins of the trigger head ({trigger_head.config.describe_reads()}"
                        f", `reamo fit-trigger-head`){'; ' + chosen if chosen else ''}", "trigger_head_calibration"))
         writes.append(("trigger", "trigger", "margins of rank classification (requests with event types the trigger "

@@ -117,6 +117,13 @@ def render_markdown(report: EvalReport, images: dict[str, str] | None = None) ->
         secs = "–" if system.seconds_per_example is None else f"{system.seconds_per_example:.3f}"
         out.append(f"| {name} | {system.n_examples} | {system.n_failed} | {secs} |")
     out += ["", "## Overall", "", overall_table(report)]
+    counted = {name: system.event_free for name, system in report.systems.items() if system.event_free}
+    if counted:
+        out += ["", "## Invented events", "",
+                "Sentences without a gold event that were given at least one event (lower is better; the bound "
+                "for a default task is 1 in 10):", ""]
+        out += [f"- {name}: {c.n_given_an_event} of {c.n_event_free} ({100 * c.share:.1f}%)"
+                for name, c in counted.items()]
     for task in _tasks(report):
         table = per_type_table(report, task)
         if table:

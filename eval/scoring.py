@@ -8,6 +8,9 @@ What is scored per dataset (both span modes, "exact" and "relaxed", see `reamo.e
 * M2E2: "ner", "et" (trigger), "ea" (argument).
 * other sources: what the gold results' `tasks` say.
 
+Where events are scored, also the event-free sentences (no gold event) that got any event: the issue's "no
+invented events" bound (at most 1 in 10), a wrong confident answer that per-trigger precision hides.
+
 Besides the rows: an entity type confusion table (gold type x predicted type over exact-span-matched entities,
 plus "(missed)" / "(spurious)"), and the box IoU of every span-matched entity where both gold and prediction have an
 image box (the grounding histogram).
@@ -50,6 +53,19 @@ class MetricRow(BaseModel):
     per_type: dict[str, Scores] = Field(default_factory=dict)
 
 
+class EventFreeCount(BaseModel):
+    """How many sentences without a gold event the system gave at least one event (an invented event)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_event_free: int
+    n_given_an_event: int
+
+    @property
+    def share(self) -> float:
+        return self.n_given_an_event / self.n_event_free if self.n_event_free else 0.0
+
+
 class SystemReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,6 +76,7 @@ class SystemReport(BaseModel):
     rows: list[MetricRow]
     confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
     grounding_ious: list[float] = Field(default_factory=list)
+    event_free: EventFreeCount | None = None
 
     def row(self, task: str, mode: str = "exact") -> MetricRow | None:
         return next((r for r in self.rows if r.task == task and r.mode == mode), None)
@@ -113,6 +130,12 @@ def classification_rows(examples: Sequence[Example], preds: Sequence[Result]) ->
         rows.append(MetricRow(task="rc", mode=mode, scores=relation_classification_scores(gold_labels, pred_labels),
                               per_type=per_type))
     return rows
+
+
+def event_free_count(examples: Sequence[Example], preds: Sequence[Result]) -> EventFreeCount:
+    """The sentences without a gold event, and how many of them the system gave an event."""
+    free = [pred for example, pred in zip(examples, preds, strict=True) if not example.gold.events]
+    return EventFreeCount(n_event_free=len(free), n_given_an_event=sum(1 for pred in free if pred.events))
 
 
 def _span_matching(preds: Sequence[Mention], golds: Sequence[Mention]) -> list[tuple[int, int]]:
@@ -176,4 +199,5 @@ def score_system(name: str, examples: Sequence[Example], preds: Sequence[Result]
     return SystemReport(
         name=name, n_examples=len(examples), n_failed=n_failed, seconds_per_example=seconds_per_example, rows=rows,
         confusion=type_confusion(pairs) if with_ner else {}, grounding_ious=grounding_ious(pairs) if with_ner else [],
+        event_free=event_free_count(examples, preds) if "ee" in tasks else None,
     )

@@ -179,7 +179,7 @@ def extract(
     image: Optional[Path] = typer.Option(None, "--image", help="Image file (JPEG, PNG, ...)."),
     audio: Optional[Path] = typer.Option(None, "--audio", help="Audio file (WAV, FLAC, OGG)."),
     video: Optional[Path] = typer.Option(None, "--video", help="Video file (MP4, ...)."),
-    tasks: str = typer.Option("ner,re", "--tasks", help="Comma-separated subset of ner,re,ee (ee: events, experimental on the embedded default; ask for it)."),
+    tasks: str = typer.Option("ner,re,ee", "--tasks", help="Comma-separated subset of ner,re,ee (entities, relations, events)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated entity types (default PER,ORG,LOC,OTHER)."),
     model: str = typer.Option("default", "--model", "-m", help="'default' or a saved Reamo model folder."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the Result as JSON to this file ('-' = stdout)."),
@@ -370,6 +370,19 @@ def _head_layer(default: int) -> Any:
     return typer.Option(default, "--layer", min=1, help="Which hidden state the head reads (0 = embeddings).")
 
 
+def _head_layers(defaults: tuple[int, ...]) -> Any:
+    return typer.Option(list(defaults), "--layer", min=1, help="A hidden state read at the answer start (0 = "
+                        "embeddings); repeat for several, concatenated.")
+
+
+def _question_end_layers(defaults: tuple[int, ...], candidate: str) -> Any:
+    return typer.Option(list(defaults), "--question-end-layer", min=1, help=f"A hidden state read at the "
+                        f"{candidate}'s last token in the question; repeat for several.")
+
+
+_NO_QUESTION_END = typer.Option(False, "--no-question-end", help="Read the answer start only.")
+
+
 def _head_weight_decay(default: float) -> Any:
     return typer.Option(default, "--weight-decay", min=0.0, help="L2 penalty of the fit.")
 
@@ -394,14 +407,15 @@ _M2E2_HEAD_LIMIT = typer.Option(None, "--limit", min=10, help="Only the first N 
 
 
 def _fit_m2e2_head(out: Path, model: str, layer: Any, weight_decay: float, limit: Optional[int], fitter: Any,
-                   name: str, counted: str) -> None:
-    """Fit a head with `fitter` on the M2E2 train sentences the event decisions are tuned on; save it as `name`."""
+                   name: str, counted: str, **options: Any) -> None:
+    """Fit a head with `fitter` (given `options` too) on the M2E2 train sentences the event decisions are tuned on;
+    save it as `name`."""
     from reamo.tuning.decisions import m2e2_for_decisions
 
     def fit(agent: Any) -> Any:
         examples = m2e2_for_decisions("train")[:limit]
         return fitter(agent, examples, layer=layer, weight_decay=weight_decay,
-                      source=f"{model}: {len(examples)} M2E2 train sentences (calibration slice kept out)")
+                      source=f"{model}: {len(examples)} M2E2 train sentences (calibration slice kept out)", **options)
 
     head = _fit_head(model, 160, layer, fit)
     head.save(out, name)
@@ -414,24 +428,27 @@ def _fit_m2e2_head(out: Path, model: str, layer: Any, weight_decay: float, limit
 def fit_trigger_head_command(
     out: Path = _head_out("trigger_head"),
     model: str = _CALIBRATED_MODEL,
-    layers: list[int] = typer.Option(list(head_defaults.DEFAULT_TRIGGER_LAYERS), "--layer", min=1,
-                                     help="A hidden state read at the answer start (0 = embeddings); repeat for "
-                                          "several, concatenated."),
-    question_end_layers: list[int] = typer.Option(
-        list(head_defaults.DEFAULT_TRIGGER_QUESTION_END_LAYERS), "--question-end-layer", min=1,
-        help="A hidden state read at the trigger word's last token in the question; repeat for several."),
-    no_question_end: bool = typer.Option(False, "--no-question-end", help="Read the answer start only."),
+    layers: list[int] = _head_layers(head_defaults.DEFAULT_TRIGGER_LAYERS),
+    question_end_layers: list[int] = _question_end_layers(head_defaults.DEFAULT_TRIGGER_QUESTION_END_LAYERS,
+                                                          "trigger word"),
+    no_question_end: bool = _NO_QUESTION_END,
     weight_decay: float = _head_weight_decay(head_defaults.DEFAULT_WEIGHT_DECAY),
+    max_invented: float = typer.Option(
+        head_defaults.DEFAULT_MAX_INVENTED, "--max-invented", min=0.0, max=1.0,
+        help="The margin may give at most this share of the event-free train sentences an event (out of fold); "
+             "1 lets F1 alone choose."),
     limit: Optional[int] = _M2E2_HEAD_LIMIT,
 ) -> None:
     """Fit the trigger head (event type of a trigger candidate read from the LLM's hidden states) on the M2E2 train
-    sentences the event decisions are tuned on, with its out-of-fold "None" margin; then `reamo calibrate-events`
+    sentences the event decisions are tuned on, with its out-of-fold "None" margin (best F1 within the bound on
+    invented events); then `reamo calibrate-events`
     checks that margin on the held-out slice and calibrates the argument margins on the events it keeps."""
     from reamo.model.embedded_default import TRIGGER_HEAD_NAME
     from reamo.tuning.heads import fit_trigger_head, head_reads
 
     reads = head_reads(layers, [] if no_question_end else question_end_layers)
-    _fit_m2e2_head(out, model, reads, weight_decay, limit, fit_trigger_head, TRIGGER_HEAD_NAME, "triggers")
+    _fit_m2e2_head(out, model, reads, weight_decay, limit, fit_trigger_head, TRIGGER_HEAD_NAME, "triggers",
+                   max_invented=None if max_invented >= 1.0 else max_invented)
 
 
 def _fit_mnre_head(out: Path, model: str, layer: int, weight_decay: float, limit: Optional[int], load: Any,
@@ -475,17 +492,21 @@ def fit_relation_head_command(
 def fit_argument_head_command(
     out: Path = _head_out("argument_head"),
     model: str = _CALIBRATED_MODEL,
-    layer: int = _head_layer(head_defaults.DEFAULT_ARGUMENT_LAYER),
+    layers: list[int] = _head_layers(head_defaults.DEFAULT_ARGUMENT_LAYERS),
+    question_end_layers: list[int] = _question_end_layers(head_defaults.DEFAULT_ARGUMENT_QUESTION_END_LAYERS,
+                                                          "argument candidate"),
+    no_question_end: bool = _NO_QUESTION_END,
     weight_decay: float = _head_weight_decay(head_defaults.DEFAULT_ARGUMENT_WEIGHT_DECAY),
     limit: Optional[int] = _M2E2_HEAD_LIMIT,
 ) -> None:
-    """Fit the argument head (role of an argument candidate in an event, read from the LLM's hidden state) on the
+    """Fit the argument head (role of an argument candidate in an event, read from the LLM's hidden states) on the
     gold events of the M2E2 train sentences the event decisions are tuned on; then calibrate its margin with
     `reamo calibrate-events`."""
     from reamo.model.embedded_default import ARGUMENT_HEAD_NAME
-    from reamo.tuning.heads import fit_argument_head
+    from reamo.tuning.heads import fit_argument_head, head_reads
 
-    _fit_m2e2_head(out, model, layer, weight_decay, limit, fit_argument_head, ARGUMENT_HEAD_NAME, "arguments")
+    reads = head_reads(layers, [] if no_question_end else question_end_layers)
+    _fit_m2e2_head(out, model, reads, weight_decay, limit, fit_argument_head, ARGUMENT_HEAD_NAME, "arguments")
 
 
 @app.command("fit-triple-head")
@@ -673,7 +694,7 @@ def batch(
     actors: int = typer.Option(2, "--actors", min=1, help="Agents running at once (one per GPU on a cluster)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1),
     model: str = typer.Option("default", "--model", "-m"),
-    tasks: str = typer.Option("ner,re", "--tasks", help="Comma-separated subset of ner,re,ee (ee is experimental)."),
+    tasks: str = typer.Option("ner,re,ee", "--tasks", help="Comma-separated subset of ner,re,ee."),
     media_root: Optional[Path] = typer.Option(None, "--media-root", help="Folder that media paths are relative to."),
     resume: bool = typer.Option(True, "--resume/--no-resume"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a Ray cluster ('auto')."),

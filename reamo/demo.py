@@ -25,7 +25,7 @@ class DemoExample(BaseModel):
 
     name: str
     text: str
-    tasks: str = "ner,re"
+    tasks: str = "ner,re,ee"
     image: str | None = None
     audio: str | None = None
     video: str | None = None
@@ -78,7 +78,7 @@ def build_examples(folder: Path) -> list[DemoExample]:
     """Write the demo inputs into `folder` and describe the examples that use them."""
     folder.mkdir(parents=True, exist_ok=True)
     examples = [
-        DemoExample(name="text", text="Rafael Nadal gets engaged to Mery Perello in Mallorca.", tasks="ner,re"),
+        DemoExample(name="text", text="Rafael Nadal gets engaged to Mery Perello in Mallorca."),
         DemoExample(
             name="image",
             text="NASA astronaut Eileen Collins poses before the shuttle mission.",

@@ -100,6 +100,14 @@ def test_fit_argument_head_labels_each_entity_by_its_role_in_each_event(agent: A
     assert targets == ["Agent", "Person", None, None, "Place"]
     assert states.shape == (5, agent.model.llm.config.hidden_size)
     torch.testing.assert_close(states[1], states[3], rtol=1e-4, atol=1e-4)  # the same question about Rafael Nadal
+    # with the argument candidate's last token read too: the answer start's state, then one that names the candidate
+    from reamo.model.decision_heads import StateRead
+
+    two = argument_states(agent, examples, [ARREST], layer=[StateRead(layer=1), StateRead(layer=1, at="question_end")])
+    width = agent.model.llm.config.hidden_size
+    assert two[1] == targets and two[0].shape == (5, 2 * width)
+    torch.testing.assert_close(two[0][:, :width], states, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(two[0][0, width:], two[0][1, width:])  # "Police" and "Rafael Nadal" end differently
     head = fit_argument_head(agent, examples * 2, [ARREST, "Conflict:Attack"], layer=1)
     assert head.config.labels == ["None", *argument_roles([ARREST, "Conflict:Attack"])]
     assert head.config.labels[:4] == ["None", "Person", "Agent", "Place"] and "Attacker" in head.config.labels
@@ -161,12 +169,15 @@ def test_event_calibration_with_an_argument_head_compares_it_on_the_same_events(
             assert AgentSettings(**read_settings(out)).argument_head_none_bias is None
     # a trigger head with an out-of-fold margin keeps it: the slice only checks it (here it keeps the one trigger)
     trigger_head.config.out_of_fold = OutOfFoldMargin(bias=2.5, f1=0.5, precision=0.5, recall=0.5, n_gold=800,
-                                                      n_candidates=6000, folds=5)
+                                                      n_candidates=6000, folds=5, max_invented=0.075, invented=0.0712,
+                                                      n_event_free=4000)
     out = tmp_path / "settings-out-of-fold.json"
     result = calibrate.calibrate_event_decisions(agent, [tmp_path / "r.yaml"], out)
     written = json.loads(out.read_text())
     assert written["trigger_head_none_bias"] == 2.5 and result["trigger_head"].f1 == 1.0
     assert "out-of-fold one, chosen at fit time on its 6000 candidates" in written["_about"]["trigger_head_none_bias"]
+    assert "7.1% of its 4000 event-free sentences given an event, held to at most 7.5%" in \
+        written["_about"]["trigger_head_none_bias"]
 
 
 def test_event_calibration_passes_share_what_the_model_wrote(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,10 +210,12 @@ def test_fit_argument_head_command_writes_a_head_the_model_folder_loads(tiny_mod
     refused = run_cli("fit-argument-head", str(folder), "--model", str(folder), "--layer", "99")
     assert refused.exit_code == 2 and "--layer 99" in refused.output
     assert not (folder / "argument_head.safetensors").exists()
-    done = run_cli("fit-argument-head", str(folder), "--model", str(folder), "--layer", "1", "--limit", "30")
+    done = run_cli("fit-argument-head", str(folder), "--model", str(folder), "--layer", "1", "--question-end-layer",
+                   "2", "--limit", "30")
     assert done.exit_code == 0, done.output
     head = Agent.from_pretrained(str(folder)).argument_head
     assert head is not None and head.config.layer == 1 and head.config.labels[0] == "None"
+    assert [(r.layer, r.at) for r in head.config.reads] == [(1, "answer_start"), (2, "question_end")]
     assert 0 < head.config.n_positive < head.config.n_examples and "Attacker" in head.config.labels
 
 

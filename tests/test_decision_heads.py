@@ -179,6 +179,33 @@ def test_fit_trigger_head_labels_candidates_by_their_gold_span(agent: Agent) -> 
         fit_trigger_head(agent, no_events, TYPES, layer=1)
 
 
+def test_out_of_fold_margin_keeps_the_bound_on_invented_events() -> None:
+    """Half the sentences have a trigger (and a non-trigger), half none; the states overlap, so the best-F1 margin
+    gives many event-free sentences an event. A bound keeps their share under it, at a higher margin."""
+    from reamo.tuning.heads import out_of_fold_margin
+
+    generator = torch.Generator().manual_seed(1)
+    states, targets, sentences = [], [], []
+    for sentence in range(200):
+        with_event = sentence % 2 == 0
+        for is_trigger in ([True, False] if with_event else [False]):
+            states.append(torch.randn(4, generator=generator) + (0.4 if is_trigger else -0.4))
+            targets.append(TYPES[0] if is_trigger else None)
+            sentences.append(sentence)
+    event_free = [sentence % 2 == 1 for sentence in range(200)]
+    config = head_config(4)
+    free = out_of_fold_margin(config, torch.stack(states), targets, sentences, n_gold=100, event_free=event_free)
+    assert free.max_invented is None and free.n_event_free == 100 and free.invented >= 0.08
+    bound = out_of_fold_margin(config, torch.stack(states), targets, sentences, n_gold=100, event_free=event_free,
+                               max_invented=0.03)
+    assert bound.max_invented == 0.03 and bound.invented <= 0.03 and bound.bias > free.bias
+    assert bound.f1 <= free.f1 and bound.precision > free.precision
+    # the share it reports is recounted from the same out-of-fold margins: a bound it already keeps changes nothing
+    loose = out_of_fold_margin(config, torch.stack(states), targets, sentences, n_gold=100, event_free=event_free,
+                               max_invented=free.invented)
+    assert loose.bias == free.bias and loose.invented == free.invented
+
+
 def test_a_broken_or_foreign_head_is_a_clear_error(tmp_path) -> None:
     from reamo.errors import ConfigError
 
@@ -216,6 +243,7 @@ def test_fit_trigger_head_command_writes_its_reads_and_out_of_fold_margin(tiny_m
         (1, "answer_start"), (2, "answer_start"), (1, "question_end")]
     out_of_fold = head.config.out_of_fold
     assert out_of_fold is not None and out_of_fold.folds == 5 and out_of_fold.n_candidates == head.config.n_examples
+    assert out_of_fold.max_invented == 0.075 and out_of_fold.invented is not None and out_of_fold.invented <= 0.075
     from reamo.tuning.decisions import m2e2_for_decisions
 
     sentences = m2e2_for_decisions("train")[:40]  # every gold trigger counts, those no candidate offers too

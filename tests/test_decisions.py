@@ -164,6 +164,10 @@ def test_best_threshold_prefers_the_higher_margin_among_equal_f1() -> None:
     # a margin chosen elsewhere (a head's out-of-fold one) is kept, with what it scores on these candidates
     given = best_threshold(scored, n_gold=4, n_sentences=2, at=1.5)
     assert given.bias == 1.5 and given.precision == 1.0 and given.recall == 0.5 and given.f1 == pytest.approx(2 / 3)
+    # a floor (a bound on invented answers) leaves out the better margins below it: the best of those above
+    floored = best_threshold(scored, n_gold=4, n_sentences=2, floor=0.2)
+    assert floored.bias == pytest.approx(1.5) and floored.f1 == pytest.approx(2 / 3)
+    assert best_threshold(scored, n_gold=4, floor=-5.0).bias == pytest.approx(-0.5)  # a floor below the best: no change
 
 
 @pytest.mark.needs_data
@@ -212,15 +216,24 @@ def test_triple_evaluation_scores_sentences_not_lines() -> None:
     assert all("head" not in s.meta for s in sentences)
 
 
-def test_events_are_asked_for_not_a_default_task() -> None:
-    """Events stay experimental on the embedded default (trigger F1 under 45): a request without tasks asks
-    entities and relations; asking "ee" explicitly still works."""
+def test_events_are_a_default_task() -> None:
+    """Events met both bars on M2E2 dev (trigger F1 >= 45, at most 1 in 10 event-free sentences given an event): a
+    request without tasks asks entities, relations and events, in the CLI, the UI and the demo; a subset still
+    works."""
+    import inspect
+
+    from reamo.cli import extract
+    from reamo.demo import DemoExample
     from reamo.pipeline import validate_request
+    from reamo.ui.app import TASK_CHOICES
     from reamo.ui.examples import UIExample
 
-    assert validate_request(text="Rafael Nadal won.").tasks == ("ner", "re")
+    assert validate_request(text="Rafael Nadal won.").tasks == ("ner", "re", "ee")
     assert validate_request(text="Rafael Nadal won.", tasks="ner,ee").tasks == ("ner", "ee")
-    assert UIExample(label="x", text="y").tasks == ["ner", "re"]
+    assert UIExample(label="x", text="y").tasks == ["ner", "re", "ee"]
+    assert DemoExample(name="x", text="y").tasks == "ner,re,ee"
+    assert ("EE (events)", "ee") in TASK_CHOICES and not any("experimental" in label for label, _ in TASK_CHOICES)
+    assert inspect.signature(extract).parameters["tasks"].default.default == "ner,re,ee"
 
 
 @pytest.mark.parametrize("which", ["tiny", "default"])

@@ -148,6 +148,40 @@ def test_m2e2_scores_entities_triggers_and_arguments(tmp_path) -> None:
     assert report.f1("ner") == pytest.approx(1.0)
 
 
+class InventsAnEvent(Oracle):
+    """The gold result, plus an Attack event on the first word of every sentence whose gold has none."""
+
+    name = "inventor"
+
+    def __call__(self, example: Example) -> Result:
+        from reamo.schema import Event, Mention, TextSpan
+
+        result = super().__call__(example)
+        if not result.events:
+            word = example.text.split()[0]
+            result.events.append(Event(type="Conflict:Attack", trigger=Mention(
+                text=word, span=TextSpan(start=example.text.index(word), end=example.text.index(word) + len(word)))))
+        return result
+
+
+@pytest.mark.needs_data
+def test_m2e2_report_counts_event_free_sentences_given_an_event(tmp_path) -> None:
+    from reamo.datasets import read_m2e2
+
+    n_free = sum(1 for e in read_m2e2("dev")[:40] if not e.gold.events)
+    assert 0 < n_free < 40
+    report = run_eval("m2e2:dev", Oracle(), tmp_path / "oracle", limit=40, baselines={"inventor": InventsAnEvent()},
+                      plots=False)
+    assert report.systems["oracle"].event_free.n_event_free == n_free
+    assert report.systems["oracle"].event_free.n_given_an_event == 0
+    assert report.systems["inventor"].event_free.n_given_an_event == n_free
+    assert report.systems["inventor"].event_free.share == pytest.approx(1.0)
+    text = (tmp_path / "oracle" / "report.md").read_text(encoding="utf-8")
+    assert f"- inventor: {n_free} of {n_free} (100.0%)" in text and "- oracle: 0 of" in text
+    gmner = run_eval("gmner:dev", Oracle(), tmp_path / "gmner", limit=5, baselines=False, plots=False)
+    assert gmner.systems["oracle"].event_free is None
+
+
 def test_jsonl_data_and_unknown_data(gmner20, tmp_path) -> None:
     path = tmp_path / "examples.jsonl"
     write_jsonl(gmner20[:4], path)

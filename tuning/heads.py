@@ -44,11 +44,13 @@ from reamo.datasets import (
 )
 from reamo.decisions import argument_items, pair_items, trigger_items, triple_items
 from reamo.head_defaults import (
-    DEFAULT_ARGUMENT_LAYER,
+    DEFAULT_ARGUMENT_LAYERS,
+    DEFAULT_ARGUMENT_QUESTION_END_LAYERS,
     DEFAULT_ARGUMENT_WEIGHT_DECAY,
     DEFAULT_RELATION_LAYER,
     DEFAULT_RELATION_WEIGHT_DECAY,
     DEFAULT_FOLDS,
+    DEFAULT_MAX_INVENTED,
     DEFAULT_TRIGGER_LAYERS,
     DEFAULT_TRIGGER_QUESTION_END_LAYERS,
     DEFAULT_TRIPLE_LAYER,
@@ -84,6 +86,7 @@ def head_reads(layers: Sequence[int], question_end_layers: Sequence[int] = ()) -
 
 
 DEFAULT_TRIGGER_READS = head_reads(DEFAULT_TRIGGER_LAYERS, DEFAULT_TRIGGER_QUESTION_END_LAYERS)
+DEFAULT_ARGUMENT_READS = head_reads(DEFAULT_ARGUMENT_LAYERS, DEFAULT_ARGUMENT_QUESTION_END_LAYERS)
 
 
 class CandidateStates(NamedTuple):
@@ -129,32 +132,40 @@ def trigger_states(agent: "Agent", examples: Sequence[Example], event_types: Seq
 def fit_trigger_head(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str] = M2E2_EVENT_TYPES,
                      layer: int | Sequence[StateRead] = DEFAULT_TRIGGER_READS,
                      weight_decay: float = DEFAULT_WEIGHT_DECAY, source: str = "",
-                     folds: int = DEFAULT_FOLDS) -> DecisionHead:
+                     folds: int = DEFAULT_FOLDS, max_invented: float | None = DEFAULT_MAX_INVENTED) -> DecisionHead:
     """A trigger head for `agent`'s model, fitted on the candidates of `examples` (see `trigger_states`), with the
-    "None" margin of its best out-of-fold trigger F1 on them (`out_of_fold_margin`; `folds` < 2: none)."""
+    "None" margin of its best out-of-fold trigger F1 on them among those that give at most `max_invented` of the
+    sentences without a requested event an event (`out_of_fold_margin`; `folds` < 2: none; `max_invented` None:
+    F1 alone)."""
     states, targets, sentences = trigger_states(agent, examples, event_types, layer)
     needs = f"candidates that are triggers and candidates that are not, from {len(examples)} sentences"
     head = fit_head(states, targets, list(event_types), layer, weight_decay, TRIGGER_ANSWER_START, source, needs)
     if folds >= 2:
         wanted = {t.casefold() for t in event_types}
-        n_gold = sum(1 for e in examples for event in e.gold.events
-                     if event.trigger.span and event.type.casefold() in wanted)
-        head.config.out_of_fold = out_of_fold_margin(head.config, states, targets, sentences, n_gold, folds)
+        gold_triggers = [sum(1 for event in e.gold.events if event.trigger.span and event.type.casefold() in wanted)
+                         for e in examples]
+        event_free = [not any(event.type.casefold() in wanted for event in e.gold.events) for e in examples]
+        head.config.out_of_fold = out_of_fold_margin(head.config, states, targets, sentences, sum(gold_triggers),
+                                                     folds, event_free=event_free, max_invented=max_invented)
     logger.info("trigger head fitted on %d candidates (%d triggers) of %d sentences, %s", len(targets),
                 head.config.n_positive, len(examples), head.config.describe_reads())
     return head
 
 
 def out_of_fold_margin(config: DecisionHeadConfig, states: torch.Tensor, targets: Sequence[str | None],
-                       sentences: Sequence[int], n_gold: int, folds: int = DEFAULT_FOLDS) -> OutOfFoldMargin:
+                       sentences: Sequence[int], n_gold: int, folds: int = DEFAULT_FOLDS,
+                       event_free: Sequence[bool] | None = None, max_invented: float | None = None) -> OutOfFoldMargin:
     """The "None" margin with the best F1 when every candidate is decided by a head fitted (as `config` says) on the
     other folds' sentences (contiguous runs of sentences): a margin chosen on thousands of the fit's own gold
-    answers instead of a held-out slice's few. `n_gold` counts every gold answer, those no candidate offers too."""
+    answers instead of a held-out slice's few. `n_gold` counts every gold answer, those no candidate offers too.
+
+    `event_free` (per sentence: it has no gold answer) with `max_invented`: only margins that give at most that
+    share of those sentences any answer (a wrong confident answer is worse than none)."""
     from reamo.eval.calibrate import best_threshold
 
     options = config.labels
     labels = torch.tensor([options.index(t) if t else 0 for t in targets])
-    n_sentences = max(sentences) + 1
+    n_sentences = len(event_free) if event_free is not None else max(sentences) + 1
     fold_of = torch.tensor([sentence * folds // n_sentences for sentence in sentences])
     scored: list[tuple[float, bool] | None] = [None] * len(targets)
     for fold in range(folds):
@@ -164,11 +175,40 @@ def out_of_fold_margin(config: DecisionHeadConfig, states: torch.Tensor, targets
         head = DecisionHead.fit(states[fold_of != fold], labels[fold_of != fold], config)
         for row, (best, margin) in zip(held.tolist(), head.best_over_none(states[held], options[1:]), strict=True):
             scored[row] = (margin, labels[row].item() == best + 1)
-    chosen = best_threshold([s for s in scored if s is not None], n_gold, n_sentences)
-    logger.info("out-of-fold margin %.3f: F1 %.3f (P %.3f / R %.3f) over %d folds, %d gold", chosen.bias, chosen.f1,
-                chosen.precision, chosen.recall, folds, n_gold)
+    kept = [s for s in scored if s is not None]
+    free_best = _best_margin_per_free_sentence(scored, sentences, event_free) if event_free is not None else []
+    floor = _invented_floor(free_best, sum(event_free), max_invented) if event_free and max_invented is not None \
+        else None
+    chosen = best_threshold(kept, n_gold, n_sentences, floor=floor)
+    invented = (sum(1 for m in free_best if m > chosen.bias) / sum(event_free)) if event_free and any(event_free) \
+        else None
+    logger.info("out-of-fold margin %.3f: F1 %.3f (P %.3f / R %.3f) over %d folds, %d gold%s", chosen.bias, chosen.f1,
+                chosen.precision, chosen.recall, folds, n_gold,
+                "" if invented is None else f"; {invented:.1%} of {sum(event_free or [])} event-free sentences "
+                f"given an answer (bound {max_invented})")
     return OutOfFoldMargin(bias=chosen.bias, f1=round(chosen.f1, 4), precision=round(chosen.precision, 4),
-                           recall=round(chosen.recall, 4), n_gold=n_gold, n_candidates=len(targets), folds=folds)
+                           recall=round(chosen.recall, 4), n_gold=n_gold, n_candidates=len(targets), folds=folds,
+                           max_invented=max_invented if event_free is not None else None,
+                           invented=None if invented is None else round(invented, 4),
+                           n_event_free=sum(event_free) if event_free is not None else None)
+
+
+def _best_margin_per_free_sentence(scored: Sequence[tuple[float, bool] | None], sentences: Sequence[int],
+                                   event_free: Sequence[bool]) -> list[float]:
+    """The highest out-of-fold margin of each event-free sentence that offers a candidate: above it, it gets one."""
+    best: dict[int, float] = {}
+    for row, sentence in enumerate(sentences):
+        if event_free[sentence] and scored[row] is not None:
+            best[sentence] = max(best.get(sentence, float("-inf")), scored[row][0])  # type: ignore[index]
+    return list(best.values())
+
+
+def _invented_floor(free_best: Sequence[float], n_event_free: int, max_invented: float) -> float | None:
+    """The lowest margin that gives at most `max_invented` of the `n_event_free` sentences an answer (None: any
+    margin does)."""
+    allowed = int(max_invented * n_event_free)
+    ranked = sorted(free_best, reverse=True)
+    return ranked[allowed] if allowed < len(ranked) else None
 
 
 def argument_roles(event_types: Sequence[str]) -> list[str]:
@@ -177,11 +217,11 @@ def argument_roles(event_types: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(role for event_type in event_types for role in event_roles(event_type)))
 
 
-def argument_states(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str], layer: int,
-                    batch_size: int = 32) -> tuple[torch.Tensor, list[str | None]]:
-    """The hidden state at the answer start of every argument candidate's decision prompt in `examples` (each gold
-    entity asked about each gold event of a requested type), and the role that entity plays in that event (None
-    when it plays none)."""
+def argument_states(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str],
+                    layer: int | Sequence[StateRead], batch_size: int = 32) -> tuple[torch.Tensor, list[str | None]]:
+    """The hidden states (`layer`: one layer at the answer start, or the head's reads) of every argument candidate's
+    decision prompt in `examples` (each gold entity asked about each gold event of a requested type), and the role
+    that entity plays in that event (None when it plays none)."""
     labels = Labels(entity_types=list(M2E2_ENTITY_TYPES), event_types=list(event_types))
     wanted = {event_type.casefold() for event_type in event_types}
     states: list[torch.Tensor] = []
@@ -208,7 +248,7 @@ def argument_states(agent: "Agent", examples: Sequence[Example], event_types: Se
             states.append(agent.model.answer_start_states(items, layer))
     if skipped:
         logger.warning("%d gold arguments have a role their event type does not allow; left out", skipped)
-    hidden = agent.model.llm.config.get_text_config().hidden_size
+    hidden = agent.model.llm.config.get_text_config().hidden_size * len(as_reads(layer))
     return (torch.cat(states) if states else torch.zeros(0, hidden)), targets
 
 
@@ -217,16 +257,16 @@ def _span(mention: Any) -> Any:
 
 
 def fit_argument_head(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str] = M2E2_EVENT_TYPES,
-                      layer: int = DEFAULT_ARGUMENT_LAYER, weight_decay: float = DEFAULT_ARGUMENT_WEIGHT_DECAY,
-                      source: str = "") -> DecisionHead:
+                      layer: int | Sequence[StateRead] = DEFAULT_ARGUMENT_READS,
+                      weight_decay: float = DEFAULT_ARGUMENT_WEIGHT_DECAY, source: str = "") -> DecisionHead:
     """An argument head for `agent`'s model over "None" + every role of `event_types` (`argument_roles`), fitted
     on the gold events' candidates of `examples` (see `argument_states`)."""
     states, targets = argument_states(agent, examples, event_types, layer)
     head = fit_head(states, targets, argument_roles(event_types), layer, weight_decay, ARGUMENT_ANSWER_START, source,
                     f"argument candidates that play a role and candidates that do not, from sentences with events "
                     f"({len(examples)} given)")
-    logger.info("argument head fitted on %d candidates (%d arguments) of %d sentences, layer %d", len(targets),
-                head.config.n_positive, len(examples), layer)
+    logger.info("argument head fitted on %d candidates (%d arguments) of %d sentences, %s", len(targets),
+                head.config.n_positive, len(examples), head.config.describe_reads())
     return head
 
 

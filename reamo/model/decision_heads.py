@@ -66,9 +66,15 @@ class MarginChoice(BaseModel):
 
 class OutOfFoldMargin(MarginChoice):
     """The "None" margin chosen at fit time for the best F1 of the fit's own candidates, each scored by a head
-    fitted without its sentence's fold: thousands of gold answers where a held-out slice may have twenty."""
+    fitted without its sentence's fold: thousands of gold answers where a held-out slice may have twenty. Held to a
+    bound on invented answers where one is given: among the margins that keep it, the best F1."""
 
     folds: int
+    # the bound on invented events it was held to (None: F1 alone chose it) and what it gives out of fold: the share
+    # of the fit's event-free sentences given any answer above the margin
+    max_invented: float | None = None
+    invented: float | None = None
+    n_event_free: int | None = None
 
 
 class DecisionHeadConfig(BaseModel):

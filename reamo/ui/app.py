@@ -30,7 +30,7 @@ from reamo.ui.pipeline import UI_LIMITS, Outcome, Stage, extract_once, run_reque
 
 logger = logging.getLogger(__name__)
 
-TASK_CHOICES = [("NER (entities)", "ner"), ("RE (relations)", "re"), ("EE (events, experimental)", "ee")]
+TASK_CHOICES = [("NER (entities)", "ner"), ("RE (relations)", "re"), ("EE (events)", "ee")]
 MAX_FILE_SIZE = "50mb"
 FILE_TTL_S = 3600.0
 """Result JSON files and audio clips written for downloads are deleted after this long."""
@@ -233,7 +233,7 @@ def build_app(
                         show_label=False, elem_id="reamo-input",
                     )
                     with gr.Row():
-                        tasks = gr.CheckboxGroup(TASK_CHOICES, value=["ner", "re"], label="Tasks",
+                        tasks = gr.CheckboxGroup(TASK_CHOICES, value=["ner", "re", "ee"], label="Tasks",
                                                  elem_id="reamo-tasks")
                         labels = gr.Textbox(label="Entity types (optional)", placeholder="PER, ORG, LOC, OTHER",
                                             elem_id="reamo-labels")
@@ -284,7 +284,7 @@ def build_app(
             api_text = gr.Textbox(label="Text", lines=3)
             api_file = gr.File(label="Image, audio or video (optional)", type="filepath",
                                file_types=["image", "audio", "video"])
-            api_tasks = gr.CheckboxGroup(TASK_CHOICES, value=["ner", "re"], label="Tasks")
+            api_tasks = gr.CheckboxGroup(TASK_CHOICES, value=["ner", "re", "ee"], label="Tasks")
             api_labels = gr.Textbox(label="Entity types (optional, comma separated)")
             run = gr.Button("Extract", variant="primary")
             api_out = gr.JSON(label="Result")

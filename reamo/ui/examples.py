@@ -22,7 +22,7 @@ class UIExample(BaseModel):
     label: str
     text: str
     file: str | None = None
-    tasks: list[str] = ["ner", "re"]
+    tasks: list[str] = ["ner", "re", "ee"]
     labels: str = ""
 
 
@@ -50,7 +50,7 @@ def build_examples(folder: Path, shared: Path | None = None) -> list[UIExample]:
             text="NASA astronaut Eileen Collins poses before the shuttle mission.",
             file=str(make_banner_photo(folder / "astronaut_nasa.png", "NASA")),
         ),
-        UIExample(label="Text only", text="Rafael Nadal gets engaged to Mery Perello in Mallorca.", tasks=["ner", "re"]),
+        UIExample(label="Text only", text="Rafael Nadal gets engaged to Mery Perello in Mallorca."),
     ]
     shared = shared if shared is not None else shared_media_dir()
     for filename, label, text in _SHARED_IMAGES:
@@ -64,7 +64,7 @@ def build_examples(folder: Path, shared: Path | None = None) -> list[UIExample]:
         sentence = "Yesterday in London, the tennis players Rafael Nadal and Roger Federer met for a practice match."
         try:
             speech = synthesize_speech(sentence, folder / "speech.wav")
-            examples.append(UIExample(label="Speech (espeak-ng)", text=sentence, file=str(speech), tasks=["ner", "re"]))
+            examples.append(UIExample(label="Speech (espeak-ng)", text=sentence, file=str(speech)))
         except RuntimeError as error:
             logger.warning("no speech example: %s", error)
     else:
