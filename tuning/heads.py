@@ -142,11 +142,11 @@ def fit_trigger_head(agent: "Agent", examples: Sequence[Example], event_types: S
     head = fit_head(states, targets, list(event_types), layer, weight_decay, TRIGGER_ANSWER_START, source, needs)
     if folds >= 2:
         wanted = {t.casefold() for t in event_types}
-        gold_triggers = [sum(1 for event in e.gold.events if event.trigger.span and event.type.casefold() in wanted)
-                         for e in examples]
+        n_gold = sum(1 for e in examples for event in e.gold.events
+                     if event.trigger.span and event.type.casefold() in wanted)
         event_free = [not any(event.type.casefold() in wanted for event in e.gold.events) for e in examples]
-        head.config.out_of_fold = out_of_fold_margin(head.config, states, targets, sentences, sum(gold_triggers),
-                                                     folds, event_free=event_free, max_invented=max_invented)
+        head.config.out_of_fold = out_of_fold_margin(head.config, states, targets, sentences, n_gold, folds,
+                                                     event_free=event_free, max_invented=max_invented)
     logger.info("trigger head fitted on %d candidates (%d triggers) of %d sentences, %s", len(targets),
                 head.config.n_positive, len(examples), head.config.describe_reads())
     return head
@@ -175,22 +175,20 @@ def out_of_fold_margin(config: DecisionHeadConfig, states: torch.Tensor, targets
         head = DecisionHead.fit(states[fold_of != fold], labels[fold_of != fold], config)
         for row, (best, margin) in zip(held.tolist(), head.best_over_none(states[held], options[1:]), strict=True):
             scored[row] = (margin, labels[row].item() == best + 1)
-    kept = [s for s in scored if s is not None]
-    free_best = _best_margin_per_free_sentence(scored, sentences, event_free) if event_free is not None else []
-    floor = _invented_floor(free_best, sum(event_free), max_invented) if event_free and max_invented is not None \
-        else None
-    chosen = best_threshold(kept, n_gold, n_sentences, floor=floor)
-    invented = (sum(1 for m in free_best if m > chosen.bias) / sum(event_free)) if event_free and any(event_free) \
-        else None
+    n_free = sum(event_free) if event_free is not None else 0
+    free_best = _best_margin_per_free_sentence(scored, sentences, event_free) if n_free else []
+    floor = _invented_floor(free_best, n_free, max_invented) if max_invented is not None else None
+    chosen = best_threshold([s for s in scored if s is not None], n_gold, n_sentences, floor=floor)
+    invented = sum(1 for m in free_best if m > chosen.bias) / n_free if n_free else None
     logger.info("out-of-fold margin %.3f: F1 %.3f (P %.3f / R %.3f) over %d folds, %d gold%s", chosen.bias, chosen.f1,
                 chosen.precision, chosen.recall, folds, n_gold,
-                "" if invented is None else f"; {invented:.1%} of {sum(event_free or [])} event-free sentences "
-                f"given an answer (bound {max_invented})")
+                "" if invented is None else f"; {invented:.1%} of {n_free} event-free sentences given an answer "
+                f"(bound {max_invented})")
     return OutOfFoldMargin(bias=chosen.bias, f1=round(chosen.f1, 4), precision=round(chosen.precision, 4),
                            recall=round(chosen.recall, 4), n_gold=n_gold, n_candidates=len(targets), folds=folds,
                            max_invented=max_invented if event_free is not None else None,
                            invented=None if invented is None else round(invented, 4),
-                           n_event_free=sum(event_free) if event_free is not None else None)
+                           n_event_free=n_free if event_free is not None else None)
 
 
 def _best_margin_per_free_sentence(scored: Sequence[tuple[float, bool] | None], sentences: Sequence[int],
