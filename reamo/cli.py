@@ -366,10 +366,6 @@ def _head_out(name: str) -> Any:
                                     "refitting the shipped default: reamo/weights/default).")
 
 
-def _head_layer(default: int) -> Any:
-    return typer.Option(default, "--layer", min=1, help="Which hidden state the head reads (0 = embeddings).")
-
-
 def _head_layers(defaults: tuple[int, ...]) -> Any:
     return typer.Option(list(defaults), "--layer", min=1, help="A hidden state read at the answer start (0 = "
                         "embeddings); repeat for several, concatenated.")
@@ -451,7 +447,7 @@ def fit_trigger_head_command(
                    max_invented=None if max_invented >= 1.0 else max_invented)
 
 
-def _fit_mnre_head(out: Path, model: str, layer: int, weight_decay: float, limit: Optional[int], load: Any,
+def _fit_mnre_head(out: Path, model: str, layer: Any, weight_decay: float, limit: Optional[int], load: Any,
                    fitter: Any, name: str, unit: str, calibrate: str) -> None:
     """Fit a head with `fitter` on `load(limit)` (MNRE train data outside the calibration slice: all of it, or a
     seeded sample); save it as `name`."""
@@ -474,7 +470,10 @@ def _fit_mnre_head(out: Path, model: str, layer: int, weight_decay: float, limit
 def fit_relation_head_command(
     out: Path = _head_out("relation_head"),
     model: str = _CALIBRATED_MODEL,
-    layer: int = _head_layer(head_defaults.DEFAULT_RELATION_LAYER),
+    layers: list[int] = _head_layers(head_defaults.DEFAULT_RELATION_LAYERS),
+    question_end_layers: list[int] = _question_end_layers(head_defaults.DEFAULT_RELATION_QUESTION_END_LAYERS,
+                                                          "pair line"),
+    no_question_end: bool = _NO_QUESTION_END,
     weight_decay: float = _head_weight_decay(head_defaults.DEFAULT_RELATION_WEIGHT_DECAY),
     limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only a seeded sample of N MNRE train pairs "
                                         "(default: every pair outside the calibration slice, 11,061)."),
@@ -482,9 +481,10 @@ def fit_relation_head_command(
     """Fit the relation head (relation of a given entity pair read from the LLM's hidden state) on MNRE train pairs
     outside the calibration slice; then calibrate its margin with `reamo calibrate-pairs`."""
     from reamo.model.embedded_default import RELATION_HEAD_NAME
-    from reamo.tuning.heads import fit_relation_head, relation_training_pairs
+    from reamo.tuning.heads import fit_relation_head, head_reads, relation_training_pairs
 
-    _fit_mnre_head(out, model, layer, weight_decay, limit, relation_training_pairs, fit_relation_head,
+    reads = head_reads(layers, [] if no_question_end else question_end_layers)
+    _fit_mnre_head(out, model, reads, weight_decay, limit, relation_training_pairs, fit_relation_head,
                    RELATION_HEAD_NAME, "pairs", "reamo calibrate-pairs / calibrate-triples")
 
 
@@ -513,7 +513,10 @@ def fit_argument_head_command(
 def fit_triple_head_command(
     out: Path = _head_out("triple_head"),
     model: str = _CALIBRATED_MODEL,
-    layer: int = _head_layer(head_defaults.DEFAULT_TRIPLE_LAYER),
+    layers: list[int] = _head_layers(head_defaults.DEFAULT_TRIPLE_LAYERS),
+    question_end_layers: list[int] = _question_end_layers(head_defaults.DEFAULT_TRIPLE_QUESTION_END_LAYERS,
+                                                          "pair line"),
+    no_question_end: bool = _NO_QUESTION_END,
     weight_decay: float = _head_weight_decay(head_defaults.DEFAULT_TRIPLE_WEIGHT_DECAY),
     limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Only a seeded sample of N MNRE train "
                                         "sentences (default: every sentence outside the calibration slice, 6,621)."),
@@ -522,9 +525,10 @@ def fit_triple_head_command(
     for full triple extraction) on every entity pair of the MNRE train sentences outside the calibration slice, in
     both directions; then calibrate its margin with `reamo calibrate-triples`."""
     from reamo.model.embedded_default import TRIPLE_HEAD_NAME
-    from reamo.tuning.heads import fit_triple_head, triple_training_sentences
+    from reamo.tuning.heads import fit_triple_head, head_reads, triple_training_sentences
 
-    _fit_mnre_head(out, model, layer, weight_decay, limit, triple_training_sentences, fit_triple_head,
+    reads = head_reads(layers, [] if no_question_end else question_end_layers)
+    _fit_mnre_head(out, model, reads, weight_decay, limit, triple_training_sentences, fit_triple_head,
                    TRIPLE_HEAD_NAME, "sentences", "reamo calibrate-triples")
 
 

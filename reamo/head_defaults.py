@@ -16,7 +16,8 @@ DEFAULT_FOLDS = 5  # a head's out-of-fold "None" margin: folds of its fit's sent
 # issue's bound is 10% on dev, and at stop 45's margin the out-of-fold share (9.2%) understated dev's (11.7%) by a
 # factor of 1.27 (train sentences the adapter was tuned on vs unseen ones); 10% / 1.27 = 7.9%, rounded down.
 DEFAULT_MAX_INVENTED = 0.075
-DEFAULT_RELATION_LAYER = 28  # of 30: chosen by held-out log-loss among layers 16-30 (model card)
+DEFAULT_RELATION_LAYERS = (28,)  # of 30, at the answer start: held-out log-loss among layers 16-30 (model card)
+DEFAULT_RELATION_QUESTION_END_LAYERS: tuple[int, ...] = ()
 DEFAULT_RELATION_WEIGHT_DECAY = 0.03  # with layer 28, the lowest held-out log-loss (0.745) of 1e-3..0.1
 # The argument head reads layer 24 at the answer start (5-fold cross-validation over layers 12-30 kept it). A second
 # read at the question's end (the argument candidate's last token) looked better in a one-off comparison (layer 20
@@ -25,5 +26,6 @@ DEFAULT_RELATION_WEIGHT_DECAY = 0.03  # with layer 28, the lowest held-out log-l
 DEFAULT_ARGUMENT_LAYERS = (24,)
 DEFAULT_ARGUMENT_QUESTION_END_LAYERS: tuple[int, ...] = ()
 DEFAULT_ARGUMENT_WEIGHT_DECAY = 0.03  # lowest log-loss on the calibration slice of 0.01/0.03/0.1 (0.01 level in CV)
-DEFAULT_TRIPLE_LAYER = 28  # the relation head's layer (the same question, asked about other pairs)
+DEFAULT_TRIPLE_LAYERS = (28,)  # the relation head's reads (the same question, asked about other pairs)
+DEFAULT_TRIPLE_QUESTION_END_LAYERS: tuple[int, ...] = ()
 DEFAULT_TRIPLE_WEIGHT_DECAY = 0.003  # best triple F1 of 0.001-0.03 on the calibration slice (model card)

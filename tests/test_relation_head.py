@@ -89,8 +89,7 @@ def test_full_triples_use_the_relation_head_with_its_own_margin(agent: Agent) ->
         agent.settings, agent.relation_head = old
 
 
-def mnre_line(n: int, relation: str) -> Example:
-    head, tail = "Rafael Nadal", "Mery Perello"
+def mnre_line(n: int, relation: str, head: str = "Rafael Nadal", tail: str = "Mery Perello") -> Example:
     spans = {name: {"text": name, "span": {"start": TEXT.index(name), "end": TEXT.index(name) + len(name)}}
              for name in (head, tail)}
     return Example(id=f"mnre:train:{n}", text=TEXT, gold=Result(), source="mnre", split="train",
@@ -105,6 +104,17 @@ def test_fit_relation_head_labels_each_pair_by_its_gold_relation(agent: Agent) -
     states, targets = relation_states(agent, examples, RELATIONS, layer=1, aliases=aliases)
     assert targets == ["couple", None, "member_of"] and states.shape == (3, agent.model.llm.config.hidden_size)
     torch.testing.assert_close(states[0], states[1])  # the same sentence and pair: the same question
+    # with the pair line's last token read too: the answer start's state, then one that depends on the pair
+    from reamo.model.decision_heads import StateRead
+
+    reversed_pair = mnre_line(3, "None", head="Mery Perello", tail="Rafael Nadal")
+    two, _ = relation_states(agent, [*examples, reversed_pair], RELATIONS, aliases=aliases,
+                             layer=[StateRead(layer=1), StateRead(layer=1, at="question_end")])
+    width = agent.model.llm.config.hidden_size
+    assert two.shape == (4, 2 * width)
+    torch.testing.assert_close(two[:3, :width], states, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(two[0, width:], two[1, width:], rtol=1e-4, atol=1e-4)  # the same pair line
+    assert not torch.allclose(two[0, width:], two[3, width:])  # the pair line names the pair in its order
     head = fit_relation_head(agent, examples * 2, ["couple", "member_of"], layer=1)
     assert head.config.labels == ["None", "couple", "member_of"] and head.config.answer_start == "Relations:"
     assert head.config.n_examples == 6 and head.config.n_positive == 4
@@ -196,4 +206,5 @@ def test_fit_relation_head_command_writes_a_head_the_model_folder_loads(tiny_mod
     assert done.exit_code == 0, done.output
     head = Agent.from_pretrained(str(folder)).relation_head
     assert head is not None and head.config.layer == 1 and head.config.n_examples == 20
+    assert [(r.layer, r.at) for r in head.config.reads] == [(1, "answer_start")]
     assert 0 < head.config.n_positive < 20 and head.config.labels[0] == "None" and "member_of" in head.config.labels

@@ -141,11 +141,13 @@ def test_triple_calibration_compares_the_triple_head_and_puts_both_heads_back(
 def test_fit_triple_head_command_writes_a_head_the_model_folder_loads(tiny_model_folder: Path) -> None:
     folder = tiny_model_folder
     """`reamo fit-triple-head F --model F --limit 20`: the head lands beside the model and loads with it."""
-    done = run_cli("fit-triple-head", str(folder), "--model", str(folder), "--layer", "1", "--limit", "20")
+    done = run_cli("fit-triple-head", str(folder), "--model", str(folder), "--layer", "1", "--question-end-layer",
+                   "2", "--limit", "20")
     assert done.exit_code == 0, done.output
     loaded = Agent.from_pretrained(str(folder))
     head = loaded.triple_head
     assert head is not None and loaded.relation_head is None and head.config.layer == 1
+    assert [(r.layer, r.at) for r in head.config.reads] == [(1, "answer_start"), (2, "question_end")]
     assert head.config.n_examples > 20 > head.config.n_positive > 0  # a sentence has several ordered pairs
     assert "20 MNRE train sentences" in head.config.fitted_on and "member_of" in head.config.labels
 

@@ -47,13 +47,15 @@ from reamo.head_defaults import (
     DEFAULT_ARGUMENT_LAYERS,
     DEFAULT_ARGUMENT_QUESTION_END_LAYERS,
     DEFAULT_ARGUMENT_WEIGHT_DECAY,
-    DEFAULT_RELATION_LAYER,
+    DEFAULT_RELATION_LAYERS,
+    DEFAULT_RELATION_QUESTION_END_LAYERS,
     DEFAULT_RELATION_WEIGHT_DECAY,
     DEFAULT_FOLDS,
     DEFAULT_MAX_INVENTED,
     DEFAULT_TRIGGER_LAYERS,
     DEFAULT_TRIGGER_QUESTION_END_LAYERS,
-    DEFAULT_TRIPLE_LAYER,
+    DEFAULT_TRIPLE_LAYERS,
+    DEFAULT_TRIPLE_QUESTION_END_LAYERS,
     DEFAULT_TRIPLE_WEIGHT_DECAY,
     DEFAULT_WEIGHT_DECAY,
 )
@@ -87,6 +89,8 @@ def head_reads(layers: Sequence[int], question_end_layers: Sequence[int] = ()) -
 
 DEFAULT_TRIGGER_READS = head_reads(DEFAULT_TRIGGER_LAYERS, DEFAULT_TRIGGER_QUESTION_END_LAYERS)
 DEFAULT_ARGUMENT_READS = head_reads(DEFAULT_ARGUMENT_LAYERS, DEFAULT_ARGUMENT_QUESTION_END_LAYERS)
+DEFAULT_RELATION_READS = head_reads(DEFAULT_RELATION_LAYERS, DEFAULT_RELATION_QUESTION_END_LAYERS)
+DEFAULT_TRIPLE_READS = head_reads(DEFAULT_TRIPLE_LAYERS, DEFAULT_TRIPLE_QUESTION_END_LAYERS)
 
 
 class CandidateStates(NamedTuple):
@@ -277,12 +281,13 @@ def relation_training_pairs(limit: int | None = None, seed: int = 0) -> list[Exa
     return random.Random(seed).sample(pool, limit)
 
 
-def relation_states(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str], layer: int,
-                    aliases: dict[str, str] | None = None, batch_size: int = 32
+def relation_states(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str],
+                    layer: int | Sequence[StateRead], aliases: dict[str, str] | None = None, batch_size: int = 32
                     ) -> tuple[torch.Tensor, list[str | None]]:
-    """The hidden state at the answer start of every MNRE pair's given-pair prompt (asked as the agent asks it,
-    offering `relation_types`), and the pair's gold relation among `relation_types` (None for "None"; `aliases`
-    maps an offered name to the dataset's label)."""
+    """The hidden states (`layer`: one layer at the answer start, or the head's reads; the question's end is the
+    pair line's closing parenthesis) of every MNRE pair's given-pair prompt (asked as the agent asks it, offering
+    `relation_types`), and the pair's gold relation among `relation_types` (None for "None"; `aliases` maps an
+    offered name to the dataset's label)."""
     from reamo.eval.runner import DATASETS, given_pair
 
     spec = DATASETS["mnre"]
@@ -299,12 +304,12 @@ def relation_states(agent: "Agent", examples: Sequence[Example], relation_types:
                          for item in pair_items(agent, request, request.pairs))
             targets.append(label_of.get(str(example.meta["relation"])))
         states.append(agent.model.answer_start_states(items, layer))
-    hidden = agent.model.llm.config.get_text_config().hidden_size
+    hidden = agent.model.llm.config.get_text_config().hidden_size * len(as_reads(layer))
     return (torch.cat(states) if states else torch.zeros(0, hidden)), targets
 
 
 def fit_relation_head(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str] | None = None,
-                      layer: int = DEFAULT_RELATION_LAYER, weight_decay: float = DEFAULT_RELATION_WEIGHT_DECAY,
+                      layer: int | Sequence[StateRead] = DEFAULT_RELATION_READS, weight_decay: float = DEFAULT_RELATION_WEIGHT_DECAY,
                       source: str = "") -> DecisionHead:
     """A relation head for `agent`'s model, fitted on the MNRE pairs `examples` (see `relation_states`); its labels
     are the relation names the agent is asked with (MNRE's, as `reamo eval mnre:val` offers them)."""
@@ -315,7 +320,8 @@ def fit_relation_head(agent: "Agent", examples: Sequence[Example], relation_type
     states, targets = relation_states(agent, examples, types, layer, spec.relation_aliases)
     head = fit_head(states, targets, types, layer, weight_decay, RELATION_ANSWER_START, source,
                     f"pairs with a relation and pairs without, from {len(examples)} MNRE pairs")
-    logger.info("relation head fitted on %d pairs (%d related), layer %d", len(targets), head.config.n_positive, layer)
+    logger.info("relation head fitted on %d pairs (%d related), %s", len(targets), head.config.n_positive,
+                head.config.describe_reads())
     return head
 
 
@@ -348,10 +354,10 @@ def triple_training_sentences(limit: int | None = None, seed: int = 0) -> list[E
     return random.Random(seed).sample(pool, limit)
 
 
-def triple_states(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str], layer: int,
-                  aliases: dict[str, str] | None = None, batch_size: int = 16
+def triple_states(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str],
+                  layer: int | Sequence[StateRead], aliases: dict[str, str] | None = None, batch_size: int = 16
                   ) -> tuple[torch.Tensor, list[str | None]]:
-    """The hidden state at the answer start of every ordered candidate pair of each sentence's entities, asked as
+    """The hidden states (`layer`: one layer at the answer start, or the head's reads) of every ordered candidate pair of each sentence's entities, asked as
     full extraction asks it (`triple_items`, offering `relation_types`), and the relation among `relation_types`
     the sentence states from that head to that tail (None when none; a symmetric relation holds both ways;
     `aliases` maps an offered name to the dataset's label). Pairs are matched by entity text, since the question
@@ -385,12 +391,12 @@ def triple_states(agent: "Agent", examples: Sequence[Example], relation_types: S
                 targets.append(target)
         if items:
             states.append(agent.model.answer_start_states(items, layer))
-    hidden = agent.model.llm.config.get_text_config().hidden_size
+    hidden = agent.model.llm.config.get_text_config().hidden_size * len(as_reads(layer))
     return (torch.cat(states) if states else torch.zeros(0, hidden)), targets
 
 
 def fit_triple_head(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str] | None = None,
-                    layer: int = DEFAULT_TRIPLE_LAYER, weight_decay: float = DEFAULT_TRIPLE_WEIGHT_DECAY,
+                    layer: int | Sequence[StateRead] = DEFAULT_TRIPLE_READS, weight_decay: float = DEFAULT_TRIPLE_WEIGHT_DECAY,
                     source: str = "") -> DecisionHead:
     """A triple head for `agent`'s model, fitted on the ordered entity pairs of the MNRE sentences `examples`
     (see `triple_states`); its labels are MNRE's relation names as `reamo eval mnre:val --triples` asks them."""
@@ -401,8 +407,8 @@ def fit_triple_head(agent: "Agent", examples: Sequence[Example], relation_types:
     states, targets = triple_states(agent, examples, types, layer, spec.relation_aliases)
     head = fit_head(states, targets, types, layer, weight_decay, TRIPLE_ANSWER_START, source,
                     f"entity pairs a sentence relates and pairs it does not, from {len(examples)} MNRE sentences")
-    logger.info("triple head fitted on %d ordered pairs (%d related) of %d sentences, layer %d", len(targets),
-                head.config.n_positive, len(examples), layer)
+    logger.info("triple head fitted on %d ordered pairs (%d related) of %d sentences, %s", len(targets),
+                head.config.n_positive, len(examples), head.config.describe_reads())
     return head
 
 
