@@ -379,6 +379,13 @@ def _question_end_layers(defaults: tuple[int, ...], candidate: str) -> Any:
 _NO_QUESTION_END = typer.Option(False, "--no-question-end", help="Read the answer start only.")
 
 
+def _chosen_reads(layers: list[int], question_end_layers: list[int], no_question_end: bool) -> Any:
+    """A fit command's --layer / --question-end-layer / --no-question-end as the head's reads."""
+    from reamo.tuning.heads import head_reads
+
+    return head_reads(layers, [] if no_question_end else question_end_layers)
+
+
 def _head_weight_decay(default: float) -> Any:
     return typer.Option(default, "--weight-decay", min=0.0, help="L2 penalty of the fit.")
 
@@ -440,9 +447,9 @@ def fit_trigger_head_command(
     invented events); then `reamo calibrate-events`
     checks that margin on the held-out slice and calibrates the argument margins on the events it keeps."""
     from reamo.model.embedded_default import TRIGGER_HEAD_NAME
-    from reamo.tuning.heads import fit_trigger_head, head_reads
+    from reamo.tuning.heads import fit_trigger_head
 
-    reads = head_reads(layers, [] if no_question_end else question_end_layers)
+    reads = _chosen_reads(layers, question_end_layers, no_question_end)
     _fit_m2e2_head(out, model, reads, weight_decay, limit, fit_trigger_head, TRIGGER_HEAD_NAME, "triggers",
                    max_invented=None if max_invented >= 1.0 else max_invented)
 
@@ -481,9 +488,9 @@ def fit_relation_head_command(
     """Fit the relation head (relation of a given entity pair read from the LLM's hidden state) on MNRE train pairs
     outside the calibration slice; then calibrate its margin with `reamo calibrate-pairs`."""
     from reamo.model.embedded_default import RELATION_HEAD_NAME
-    from reamo.tuning.heads import fit_relation_head, head_reads, relation_training_pairs
+    from reamo.tuning.heads import fit_relation_head, relation_training_pairs
 
-    reads = head_reads(layers, [] if no_question_end else question_end_layers)
+    reads = _chosen_reads(layers, question_end_layers, no_question_end)
     _fit_mnre_head(out, model, reads, weight_decay, limit, relation_training_pairs, fit_relation_head,
                    RELATION_HEAD_NAME, "pairs", "reamo calibrate-pairs / calibrate-triples")
 
@@ -503,9 +510,9 @@ def fit_argument_head_command(
     gold events of the M2E2 train sentences the event decisions are tuned on; then calibrate its margin with
     `reamo calibrate-events`."""
     from reamo.model.embedded_default import ARGUMENT_HEAD_NAME
-    from reamo.tuning.heads import fit_argument_head, head_reads
+    from reamo.tuning.heads import fit_argument_head
 
-    reads = head_reads(layers, [] if no_question_end else question_end_layers)
+    reads = _chosen_reads(layers, question_end_layers, no_question_end)
     _fit_m2e2_head(out, model, reads, weight_decay, limit, fit_argument_head, ARGUMENT_HEAD_NAME, "arguments")
 
 
@@ -525,9 +532,9 @@ def fit_triple_head_command(
     for full triple extraction) on every entity pair of the MNRE train sentences outside the calibration slice, in
     both directions; then calibrate its margin with `reamo calibrate-triples`."""
     from reamo.model.embedded_default import TRIPLE_HEAD_NAME
-    from reamo.tuning.heads import fit_triple_head, head_reads, triple_training_sentences
+    from reamo.tuning.heads import fit_triple_head, triple_training_sentences
 
-    reads = head_reads(layers, [] if no_question_end else question_end_layers)
+    reads = _chosen_reads(layers, question_end_layers, no_question_end)
     _fit_mnre_head(out, model, reads, weight_decay, limit, triple_training_sentences, fit_triple_head,
                    TRIPLE_HEAD_NAME, "sentences", "reamo calibrate-triples")
 

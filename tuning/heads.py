@@ -93,6 +93,11 @@ DEFAULT_RELATION_READS = head_reads(DEFAULT_RELATION_LAYERS, DEFAULT_RELATION_QU
 DEFAULT_TRIPLE_READS = head_reads(DEFAULT_TRIPLE_LAYERS, DEFAULT_TRIPLE_QUESTION_END_LAYERS)
 
 
+def _no_states(agent: "Agent", layer: int | Sequence[StateRead]) -> torch.Tensor:
+    """The empty states of a head reading `layer` (no candidates): zero rows, the reads' concatenated width."""
+    return torch.zeros(0, agent.model.llm.config.get_text_config().hidden_size * len(as_reads(layer)))
+
+
 class CandidateStates(NamedTuple):
     """What a decision head is fitted on: each candidate's hidden states, its gold answer (None: "None") and the
     index of the sentence it comes from (folds are drawn by sentence)."""
@@ -129,8 +134,7 @@ def trigger_states(agent: "Agent", examples: Sequence[Example], event_types: Seq
                 sentences.append(sentence)
         if items:
             states.append(agent.model.answer_start_states(items, layer))
-    hidden = agent.model.llm.config.get_text_config().hidden_size * len(as_reads(layer))
-    return CandidateStates(torch.cat(states) if states else torch.zeros(0, hidden), targets, sentences)
+    return CandidateStates(torch.cat(states) if states else _no_states(agent, layer), targets, sentences)
 
 
 def fit_trigger_head(agent: "Agent", examples: Sequence[Example], event_types: Sequence[str] = M2E2_EVENT_TYPES,
@@ -250,8 +254,7 @@ def argument_states(agent: "Agent", examples: Sequence[Example], event_types: Se
             states.append(agent.model.answer_start_states(items, layer))
     if skipped:
         logger.warning("%d gold arguments have a role their event type does not allow; left out", skipped)
-    hidden = agent.model.llm.config.get_text_config().hidden_size * len(as_reads(layer))
-    return (torch.cat(states) if states else torch.zeros(0, hidden)), targets
+    return (torch.cat(states) if states else _no_states(agent, layer)), targets
 
 
 def _span(mention: Any) -> Any:
@@ -304,13 +307,12 @@ def relation_states(agent: "Agent", examples: Sequence[Example], relation_types:
                          for item in pair_items(agent, request, request.pairs))
             targets.append(label_of.get(str(example.meta["relation"])))
         states.append(agent.model.answer_start_states(items, layer))
-    hidden = agent.model.llm.config.get_text_config().hidden_size * len(as_reads(layer))
-    return (torch.cat(states) if states else torch.zeros(0, hidden)), targets
+    return (torch.cat(states) if states else _no_states(agent, layer)), targets
 
 
 def fit_relation_head(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str] | None = None,
-                      layer: int | Sequence[StateRead] = DEFAULT_RELATION_READS, weight_decay: float = DEFAULT_RELATION_WEIGHT_DECAY,
-                      source: str = "") -> DecisionHead:
+                      layer: int | Sequence[StateRead] = DEFAULT_RELATION_READS,
+                      weight_decay: float = DEFAULT_RELATION_WEIGHT_DECAY, source: str = "") -> DecisionHead:
     """A relation head for `agent`'s model, fitted on the MNRE pairs `examples` (see `relation_states`); its labels
     are the relation names the agent is asked with (MNRE's, as `reamo eval mnre:val` offers them)."""
     from reamo.eval.runner import DATASETS
@@ -357,13 +359,13 @@ def triple_training_sentences(limit: int | None = None, seed: int = 0) -> list[E
 def triple_states(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str],
                   layer: int | Sequence[StateRead], aliases: dict[str, str] | None = None, batch_size: int = 16
                   ) -> tuple[torch.Tensor, list[str | None]]:
-    """The hidden states (`layer`: one layer at the answer start, or the head's reads) of every ordered candidate pair of each sentence's entities, asked as
-    full extraction asks it (`triple_items`, offering `relation_types`), and the relation among `relation_types`
-    the sentence states from that head to that tail (None when none; a symmetric relation holds both ways;
-    `aliases` maps an offered name to the dataset's label). Pairs are matched by entity text, since the question
-    names them by text. MNRE entities have no type, so every pair is asked both ways about every relation; the
-    state read does not depend on which relations are offered, and the agent restricts the head's softmax to those
-    the extracted types allow."""
+    """The hidden states (`layer`: one layer at the answer start, or the head's reads) of every ordered candidate
+    pair of each sentence's entities, asked as full extraction asks it (`triple_items`, offering `relation_types`),
+    and the relation among `relation_types` the sentence states from that head to that tail (None when none; a
+    symmetric relation holds both ways; `aliases` maps an offered name to the dataset's label). Pairs are matched
+    by entity text, since the question names them by text. MNRE entities have no type, so every pair is asked both
+    ways about every relation; the state read does not depend on which relations are offered, and the agent
+    restricts the head's softmax to those the extracted types allow."""
     from reamo.eval.runner import DATASETS
 
     spec = DATASETS["mnre"]
@@ -391,13 +393,12 @@ def triple_states(agent: "Agent", examples: Sequence[Example], relation_types: S
                 targets.append(target)
         if items:
             states.append(agent.model.answer_start_states(items, layer))
-    hidden = agent.model.llm.config.get_text_config().hidden_size * len(as_reads(layer))
-    return (torch.cat(states) if states else torch.zeros(0, hidden)), targets
+    return (torch.cat(states) if states else _no_states(agent, layer)), targets
 
 
 def fit_triple_head(agent: "Agent", examples: Sequence[Example], relation_types: Sequence[str] | None = None,
-                    layer: int | Sequence[StateRead] = DEFAULT_TRIPLE_READS, weight_decay: float = DEFAULT_TRIPLE_WEIGHT_DECAY,
-                    source: str = "") -> DecisionHead:
+                    layer: int | Sequence[StateRead] = DEFAULT_TRIPLE_READS,
+                    weight_decay: float = DEFAULT_TRIPLE_WEIGHT_DECAY, source: str = "") -> DecisionHead:
     """A triple head for `agent`'s model, fitted on the ordered entity pairs of the MNRE sentences `examples`
     (see `triple_states`); its labels are MNRE's relation names as `reamo eval mnre:val --triples` asks them."""
     from reamo.eval.runner import DATASETS
